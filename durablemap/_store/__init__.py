@@ -1,0 +1,346 @@
+"""The store: durablemap's records in one LMDB environment in a directory. It knows nothing of maps.
+
+    Store.open(dir) ──> _env.SharedEnv (one per directory and process) ──> lmdb.Environment
+        get / put / put_many / scan / scan_children / delete_prefix / count_prefix   records db
+        index_put / index_get / index_scan / index_delete                            index db
+        acquire_lock / release_lock / lock_holder / break_lock                       locks db
+
+Keys (``op_key``) put an execution's records under one prefix, an operation's descendants under
+its key, and a map's items in index order (see ``_keys``). Values are opaque bytes: the store never
+unpickles anything. Every write is one durable (fsync'd) transaction; readers never block writers.
+All failures surface as ``StoreError`` (or ``ExecutionLockedError``), each naming the store path.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+from durablemap._errors import ExecutionLockedError, StoreError
+from durablemap._store import _locks
+from durablemap._store._env import DEFAULT_MAP_SIZE, FORMAT_VERSION, SharedEnv, acquire_env, release_env
+from durablemap._store._keys import (
+    COMPONENT_SIZE,
+    MAX_COMPONENT,
+    decode_key,
+    execution_prefix,
+    op_key,
+    parse_path,
+    path_str,
+)
+
+__all__ = [
+    "DEFAULT_MAP_SIZE",
+    "FORMAT_VERSION",
+    "LockHolder",
+    "Store",
+    "decode_key",
+    "execution_prefix",
+    "op_key",
+    "parse_path",
+    "path_str",
+]
+
+LockHolder = _locks.LockHolder
+
+
+def _index_key(name: str, key: bytes) -> bytes:
+    encoded = name.encode()
+    if not encoded or b"\x00" in encoded:
+        raise StoreError(f"index name {name!r} must be non-empty and contain no NUL character")
+    return encoded + b"\x00" + key
+
+
+def _lock_key(execution_id: str) -> bytes:
+    return execution_prefix(execution_id)  # validates the id the same way record keys do
+
+
+class Store:
+    """One durablemap store: an LMDB environment in a directory, shared by many executions.
+
+    Thread-safe. Use ``Store.open`` (or ``Store.for_process`` in workers), not the constructor.
+    """
+
+    def __init__(self, shared: SharedEnv, *, readonly: bool) -> None:
+        self._shared: SharedEnv | None = shared
+        self._readonly = readonly
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], *, readonly: bool = False, map_size: int = DEFAULT_MAP_SIZE
+    ) -> Store:
+        """Open the store in directory ``path``, creating it (mode 0o700) unless ``readonly``.
+
+        ``map_size`` is the initial address space reserved for the map (it grows on demand; tests
+        pass a tiny one). Raises ``StoreError`` when the path is a file, a directory that is not a
+        durablemap store, a store of a newer format, or cannot be created, opened or written.
+        """
+        shared = acquire_env(Path(path), readonly=readonly, map_size=map_size)
+        return cls(shared, readonly=readonly)
+
+    @classmethod
+    def for_process(cls, path: str | os.PathLike[str]) -> Store:
+        """The calling process's writable store for ``path``, opened once and kept open.
+
+        Keyed by real path and pid, so a forked child opens its own environment instead of using
+        its parent's handle (which LMDB forbids).
+        """
+        key = (os.path.realpath(path), os.getpid())
+        with _process_stores_lock:
+            store = _process_stores.get(key)
+            if store is None or store.closed:
+                store = _process_stores[key] = cls.open(path)
+            return store
+
+    @property
+    def path(self) -> str:
+        """The real path of the store directory."""
+        return self._env().path
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` has been called."""
+        return self._shared is None
+
+    def close(self) -> None:
+        """Release this handle; the environment closes when the process's last handle does."""
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            release_env(shared)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._shared is None else self._shared.path
+        return f"<Store {state}{' readonly' if self._readonly else ''}>"
+
+    def _env(self) -> SharedEnv:
+        if self._shared is None:
+            raise StoreError("the store has been closed; open it again with Store.open(path)")
+        return self._shared
+
+    def _transact(self, operation: str, work: Any, *, write: bool) -> Any:
+        shared = self._env()
+        if write and self._readonly:
+            raise StoreError(f"store {shared.path}: {operation} needs write access, but this Store was "
+                             "opened read-only; open it with readonly=False")
+        return shared.transact(operation, work, write=write)
+
+    def _db(self, name: bytes) -> Any:
+        return self._env().dbs[name]
+
+    def stat(self) -> dict[str, Any]:
+        """Sizes: ``map_size`` (reserved address space), ``used_bytes`` (pages in use), ``records``."""
+        shared = self._env()
+        records = self._db(b"records")
+        entries = self._transact("stat", lambda txn: txn.stat(records)["entries"], write=False)
+        info, stat = shared.env.info(), shared.env.stat()
+        return {
+            "path": shared.path,
+            "format_version": FORMAT_VERSION,
+            "map_size": info["map_size"],
+            "used_bytes": (info["last_pgno"] + 1) * stat["psize"],
+            "page_size": stat["psize"],
+            "records": entries,
+            "readers": info["num_readers"],
+        }
+
+    # -- records ---------------------------------------------------------------------------------
+
+    def get(self, key: bytes) -> bytes | None:
+        """The record stored under ``key``, or None."""
+        db = self._db(b"records")
+        return cast(bytes | None, self._transact("get", lambda txn: txn.get(key, db=db), write=False))
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Store one record in its own durable transaction."""
+        db = self._db(b"records")
+        self._transact("put", lambda txn: txn.put(key, value, db=db), write=True)
+
+    def put_many(self, pairs: Iterable[tuple[bytes, bytes]]) -> None:
+        """Store many records in one durable transaction (the group commit of a map's items)."""
+        # A list, because a transaction retried after a resize must write the same pairs again.
+        items = pairs if isinstance(pairs, list) else list(pairs)
+        db = self._db(b"records")
+        self._transact("put_many", lambda txn: txn.cursor(db=db).putmulti(items), write=True)
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Every record whose key starts with ``prefix``, in key order, from one consistent snapshot.
+
+        Keys and values are fresh ``bytes``. The read transaction stays open until the iterator is
+        exhausted or closed: finish (or ``close()``) it before writing from the same thread, since a
+        write that must grow the map cannot do so under an open transaction.
+        """
+        shared, db = self._env(), self._db(b"records")
+        with shared.read_txn("scan") as txn:
+            cursor = txn.cursor(db=db)
+            if not cursor.set_range(prefix):
+                return
+            for key, value in cursor.iternext():
+                if not key.startswith(prefix):
+                    return
+                yield key, value
+
+    def scan_children(self, prefix_key: bytes) -> Iterator[tuple[int, bytes, bytes]]:
+        """The direct children of ``prefix_key`` as ``(index, key, value)``, in index order.
+
+        Deeper descendants are skipped with one seek per child that has any: a child's descendants
+        are contiguous after it, so the next child starts at ``prefix_key + (index + 1)``. Same
+        transaction lifetime as ``scan``.
+        """
+        shared, db = self._env(), self._db(b"records")
+        base = len(prefix_key)
+        child_len = base + COMPONENT_SIZE
+        with shared.read_txn("scan_children") as txn:
+            cursor = txn.cursor(db=db)
+            seek = prefix_key
+            while cursor.set_range(seek):
+                for key, value in cursor.iternext():
+                    if not key.startswith(prefix_key):
+                        return
+                    if len(key) == child_len:
+                        yield int.from_bytes(key[base:], "big"), key, value
+                    elif len(key) > child_len:
+                        index = int.from_bytes(key[base:child_len], "big")
+                        if index == MAX_COMPONENT:
+                            return
+                        seek = prefix_key + (index + 1).to_bytes(COMPONENT_SIZE, "big")
+                        break
+                    # shorter keys: the parent record itself; nothing to yield
+                else:
+                    return
+
+    def delete_prefix(self, prefix: bytes) -> int:
+        """Delete every record whose key starts with ``prefix`` in one transaction; returns how many."""
+        db = self._db(b"records")
+
+        def work(txn: Any) -> int:
+            cursor = txn.cursor(db=db)
+            deleted = 0
+            if cursor.set_range(prefix):
+                # delete() moves to the next record, and returns False once the cursor ran off the end.
+                while cursor.key().startswith(prefix) and cursor.delete():
+                    deleted += 1
+            return deleted
+
+        return cast(int, self._transact("delete_prefix", work, write=True))
+
+    def count_prefix(self, prefix: bytes) -> int:
+        """How many records have keys starting with ``prefix``."""
+        db = self._db(b"records")
+
+        def work(txn: Any) -> int:
+            if not prefix:
+                return cast(int, txn.stat(db)["entries"])
+            cursor = txn.cursor(db=db)
+            if not cursor.set_range(prefix):
+                return 0
+            count = 0
+            for key in cursor.iternext(keys=True, values=False):
+                if not key.startswith(prefix):
+                    break
+                count += 1
+            return count
+
+        return cast(int, self._transact("count_prefix", work, write=False))
+
+    # -- small side tables -----------------------------------------------------------------------
+
+    def index_put(self, name: str, key: bytes, value: bytes) -> None:
+        """Set ``key`` to ``value`` in side table ``name`` (durably)."""
+        full, db = _index_key(name, key), self._db(b"index")
+        self._transact("index_put", lambda txn: txn.put(full, value, db=db), write=True)
+
+    def index_get(self, name: str, key: bytes) -> bytes | None:
+        """The value of ``key`` in side table ``name``, or None."""
+        full, db = _index_key(name, key), self._db(b"index")
+        return cast(bytes | None, self._transact("index_get", lambda txn: txn.get(full, db=db), write=False))
+
+    def index_scan(self, name: str) -> Iterator[tuple[bytes, bytes]]:
+        """Every ``(key, value)`` of side table ``name``, in key order (read at once: tables are small)."""
+        prefix, db = _index_key(name, b""), self._db(b"index")
+
+        def work(txn: Any) -> list[tuple[bytes, bytes]]:
+            cursor = txn.cursor(db=db)
+            rows: list[tuple[bytes, bytes]] = []
+            if cursor.set_range(prefix):
+                for key, value in cursor.iternext():
+                    if not key.startswith(prefix):
+                        break
+                    rows.append((key[len(prefix) :], value))
+            return rows
+
+        return iter(cast(list[tuple[bytes, bytes]], self._transact("index_scan", work, write=False)))
+
+    def index_delete(self, name: str, key: bytes) -> bool:
+        """Remove ``key`` from side table ``name``; returns whether it was there."""
+        full, db = _index_key(name, key), self._db(b"index")
+        return cast(bool, self._transact("index_delete", lambda txn: txn.delete(full, db=db), write=True))
+
+    # -- execution locks -------------------------------------------------------------------------
+
+    def acquire_lock(self, execution_id: str) -> None:
+        """Lock ``execution_id`` for this process, taking over a lock left by a dead process.
+
+        Raises ``ExecutionLockedError`` when another live process holds it. Re-acquiring a lock this
+        process holds succeeds.
+        """
+        key, db, me = _lock_key(execution_id), self._db(b"locks"), _locks.current_process()
+
+        def work(txn: Any) -> None:
+            raw = txn.get(key, db=db)
+            holder = _locks.decode_lock(raw) if raw is not None else None
+            if holder is not None and not _locks.is_same_process(holder, me) and _locks.is_alive(holder):
+                raise ExecutionLockedError(_locked_message(execution_id, holder, self.path))
+            txn.put(key, _locks.encode_lock(me), db=db)
+
+        self._transact("acquire_lock", work, write=True)
+
+    def release_lock(self, execution_id: str) -> None:
+        """Release this process's lock on ``execution_id``; a lock held by another process is left alone."""
+        key, db, me = _lock_key(execution_id), self._db(b"locks"), _locks.current_process()
+
+        def work(txn: Any) -> None:
+            raw = txn.get(key, db=db)
+            holder = _locks.decode_lock(raw) if raw is not None else None
+            if holder is not None and _locks.is_same_process(holder, me):
+                txn.delete(key, db=db)
+
+        self._transact("release_lock", work, write=True)
+
+    def break_lock(self, execution_id: str) -> bool:
+        """Remove the lock on ``execution_id`` whoever holds it (for a holder on another host that is
+        known to be gone); returns whether there was one."""
+        key, db = _lock_key(execution_id), self._db(b"locks")
+        return cast(bool, self._transact("break_lock", lambda txn: txn.delete(key, db=db), write=True))
+
+    def lock_holder(self, execution_id: str) -> dict[str, Any] | None:
+        """The recorded holder of the lock on ``execution_id`` (``pid``, ``create_time``, ``hostname``),
+        or None. The holder may have died; ``acquire_lock`` decides that."""
+        key, db = _lock_key(execution_id), self._db(b"locks")
+        raw = self._transact("lock_holder", lambda txn: txn.get(key, db=db), write=False)
+        holder = _locks.decode_lock(raw) if raw is not None else None
+        return dict(holder) if holder is not None else None
+
+
+def _locked_message(execution_id: str, holder: _locks.LockHolder, path: str) -> str:
+    pid, host = holder["pid"], holder["hostname"]
+    if host != _locks.current_process()["hostname"]:
+        return (f"execution {execution_id!r} in store {path} is locked by pid {pid} on host {host!r}, "
+                "which this machine cannot check; wait for it to finish, or if that process is gone, "
+                f"remove the lock with Store.break_lock({execution_id!r})")
+    return (f"execution {execution_id!r} in store {path} is being run by another live process (pid {pid}); "
+            f"wait for it to finish, or stop it (kill {pid}) and run again to resume")
+
+
+_process_stores: dict[tuple[str, int], Store] = {}
+_process_stores_lock = threading.Lock()
