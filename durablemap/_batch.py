@@ -1,0 +1,270 @@
+"""The outcome of a map or parallel: `BatchItem`s in index order and the `CompletionReason`.
+
+A map of a million items builds a million `BatchItem`s, so `BatchItem` is a tuple subclass: building
+one costs about what building a 4-tuple costs, and it is immutable and hashable for free.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from operator import countOf, itemgetter
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from durablemap._errors import BatchCompletionError, ChildContextError, ErrorObject
+
+if TYPE_CHECKING:
+    from durablemap.config import CompletionConfig
+
+__all__ = ["BatchItem", "BatchItemStatus", "BatchResult", "CompletionReason"]
+
+R = TypeVar("R")
+
+_logger = logging.getLogger("durablemap")
+
+
+class BatchItemStatus(StrEnum):
+    """Status of one item of a batch. A str enum: ``BatchItemStatus.SUCCEEDED == "SUCCEEDED"``."""
+
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    STARTED = "STARTED"
+
+
+class CompletionReason(StrEnum):
+    """Why a batch stopped; see `durablemap._completion.CompletionPolicy.reason` for the rules."""
+
+    ALL_COMPLETED = "ALL_COMPLETED"
+    MIN_SUCCESSFUL_REACHED = "MIN_SUCCESSFUL_REACHED"
+    FAILURE_TOLERANCE_EXCEEDED = "FAILURE_TOLERANCE_EXCEEDED"
+    CUSTOM_COMPLETION_SUCCEEDED = "CUSTOM_COMPLETION_SUCCEEDED"
+    CUSTOM_COMPLETION_FAILED = "CUSTOM_COMPLETION_FAILED"
+
+
+_SUCCEEDED = BatchItemStatus.SUCCEEDED
+_FAILED = BatchItemStatus.FAILED
+_STARTED = BatchItemStatus.STARTED
+# Enum lookup by value goes through EnumMeta.__call__; a dict is several times faster on big results.
+_STATUS_BY_VALUE: dict[str, BatchItemStatus] = {s.value: s for s in BatchItemStatus}
+_tuple_new = tuple.__new__
+
+
+class BatchItem(tuple[Any, ...], Generic[R]):
+    """One started item: ``index``, ``status``, ``result`` (SUCCEEDED only) and ``error`` (FAILED only).
+
+    Immutable and compared by value. It unpacks like a named tuple,
+    ``index, status, result, error = item``, but never equals a plain tuple.
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        index: int,
+        status: BatchItemStatus,
+        result: R | None = None,
+        error: ErrorObject | None = None,
+    ) -> BatchItem[R]:
+        # No validation here: this runs once per item on the hot path.
+        return _tuple_new(cls, (index, status, result, error))
+
+    if TYPE_CHECKING:
+
+        # Shadows tuple.index(value): an item's position matters more than searching four fields.
+        @property
+        def index(self) -> int:  # type: ignore[override]
+            """The item's position in the inputs."""
+
+        @property
+        def status(self) -> BatchItemStatus:
+            """SUCCEEDED, FAILED or STARTED (in flight when the batch completed)."""
+
+        @property
+        def result(self) -> R | None:
+            """The item's deserialized result; None unless SUCCEEDED."""
+
+        @property
+        def error(self) -> ErrorObject | None:
+            """What the item raised; None unless FAILED."""
+
+    else:
+        index = property(itemgetter(0), doc="The item's position in the inputs.")
+        status = property(itemgetter(1), doc="SUCCEEDED, FAILED or STARTED (in flight at completion).")
+        result = property(itemgetter(2), doc="The item's deserialized result; None unless SUCCEEDED.")
+        error = property(itemgetter(3), doc="What the item raised; None unless FAILED.")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BatchItem):
+            return NotImplemented
+        return tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        if not isinstance(other, BatchItem):
+            return NotImplemented
+        return tuple.__ne__(self, other)
+
+    __hash__ = tuple.__hash__
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchItem(index={self[0]!r}, status={self[1]!r}, result={self[2]!r}, error={self[3]!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # tuple's default pickling would call __new__ with one tuple argument.
+        return (BatchItem, tuple(self))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"index", "status", "result", "error"}`` with the status as its str value."""
+        error = self[3]
+        return {
+            "index": self[0],
+            "status": self[1].value,
+            "result": self[2],
+            "error": error.to_dict() if error is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchItem[Any]:
+        """Inverse of `to_dict`."""
+        error = data.get("error")
+        return _tuple_new(
+            cls,
+            (
+                data["index"],
+                _STATUS_BY_VALUE[data["status"]],
+                data.get("result"),
+                ErrorObject.from_dict(error) if error else None,
+            ),
+        )
+
+
+_get_status = itemgetter(1)
+
+
+@dataclass(frozen=True)
+class BatchResult(Generic[R]):
+    """The items a batch started, in index order, and why the batch completed.
+
+    Items never started (the batch completed early) are absent, so `total_count` may be less than the
+    number of inputs. Item failures are not raised by ``map``; call `throw_if_error` for that.
+    """
+
+    all: list[BatchItem[R]]
+    completion_reason: CompletionReason
+
+    @property
+    def results(self) -> list[BatchItem[R]]:
+        """The same list as ``all``: every started item in index order."""
+        return self.all
+
+    def _count(self, status: BatchItemStatus) -> int:
+        # countOf compares by identity first, so this stays in C for a million items.
+        return countOf(map(_get_status, self.all), status)
+
+    def succeeded(self) -> list[BatchItem[R]]:
+        """The SUCCEEDED items, in index order."""
+        return [item for item in self.all if item[1] == _SUCCEEDED]
+
+    def failed(self) -> list[BatchItem[R]]:
+        """The FAILED items, in index order."""
+        return [item for item in self.all if item[1] == _FAILED]
+
+    def started(self) -> list[BatchItem[R]]:
+        """The items still in flight when the batch completed, in index order."""
+        return [item for item in self.all if item[1] == _STARTED]
+
+    def get_results(self) -> list[R | None]:
+        """The results of the SUCCEEDED items, in index order (a None result is kept)."""
+        return [item[2] for item in self.all if item[1] == _SUCCEEDED]
+
+    def get_errors(self) -> list[ErrorObject | None]:
+        """The errors of the FAILED items, in index order."""
+        return [item[3] for item in self.all if item[1] == _FAILED]
+
+    def throw_if_error(self) -> None:
+        """Raise for the first FAILED item, else for a batch completed as FAILED; else do nothing.
+
+        A failed item raises `ChildContextError` with its message and ``error_type`` (or `SerDesError`
+        when it failed to serialize); a batch that ``should_complete`` failed raises
+        `BatchCompletionError`.
+        """
+        for item in self.all:
+            if item[1] == _FAILED:
+                error: ErrorObject | None = item[3]
+                if error is None:
+                    raise ChildContextError(f"Batch item {item[0]} failed without an ErrorObject.")
+                error.raise_as_operation_error(ChildContextError)
+        if self.completion_reason == CompletionReason.CUSTOM_COMPLETION_FAILED:
+            raise BatchCompletionError(self.completion_reason)
+
+    @property
+    def status(self) -> BatchItemStatus:
+        """FAILED when should_complete said so or an item failed (unless should_complete succeeded)."""
+        if self.completion_reason == CompletionReason.CUSTOM_COMPLETION_FAILED:
+            return _FAILED
+        if self.completion_reason == CompletionReason.CUSTOM_COMPLETION_SUCCEEDED:
+            return _SUCCEEDED
+        return _FAILED if self.has_failure else _SUCCEEDED
+
+    @property
+    def has_failure(self) -> bool:
+        """Whether any item FAILED."""
+        return _FAILED in map(_get_status, self.all)
+
+    @property
+    def success_count(self) -> int:
+        """Number of SUCCEEDED items."""
+        return self._count(_SUCCEEDED)
+
+    @property
+    def failure_count(self) -> int:
+        """Number of FAILED items."""
+        return self._count(_FAILED)
+
+    @property
+    def started_count(self) -> int:
+        """Number of items in flight when the batch completed."""
+        return self._count(_STARTED)
+
+    @property
+    def total_count(self) -> int:
+        """Number of started items (``len(all)``), not the number of inputs."""
+        return len(self.all)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"all": [item dicts...], "completionReason": "..."}``; `from_dict` inverts it exactly."""
+        return {
+            "all": [item.to_dict() for item in self.all],
+            "completionReason": self.completion_reason.value,
+        }
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, Any], completion_config: CompletionConfig | None = None
+    ) -> BatchResult[Any]:
+        """Inverse of `to_dict`. Without ``completionReason``, the reason is inferred (`from_items`)."""
+        items: list[BatchItem[Any]] = [BatchItem.from_dict(d) for d in data["all"]]
+        reason = data.get("completionReason")
+        if reason is None:
+            _logger.warning("BatchResult has no completionReason; inferring it from its items")
+            return cls.from_items(items, completion_config)
+        return cls(items, CompletionReason(reason))
+
+    @classmethod
+    def from_items(
+        cls, items: Iterable[BatchItem[R]], completion_config: CompletionConfig | None = None
+    ) -> BatchResult[R]:
+        """Build a result from items, inferring the reason as if the items were all the inputs."""
+        # Imported here: _completion and config import this module.
+        from durablemap._completion import CompletionPolicy
+        from durablemap.config import CompletionConfig
+
+        item_list = sorted(items, key=itemgetter(0))
+        config = completion_config if completion_config is not None else CompletionConfig()
+        policy = CompletionPolicy(config, len(item_list))
+        statuses = [item[1] for item in item_list]
+        reason = policy.reason(countOf(statuses, _SUCCEEDED), countOf(statuses, _FAILED), None)
+        return cls(item_list, reason)
