@@ -1,0 +1,416 @@
+"""The coordinator: runs one map's items on an executor and records each outcome as it arrives.
+
+    pending indexes ──(chunks; max_concurrency, completion policy)──> executor ──> workers
+          ^                                                                          │
+          │ re-run (crash)                        encoded item records               │
+          └──── broken pool? find the culprit by its slot <───────── futures <────────┘
+                                                        │
+                                     group commit (one LMDB transaction per batch of results)
+                                                        │
+                                 counts -> completion policy -> stop early? -> BatchResult
+
+It owns all of one map's mutable state and runs on the calling thread. Items are dispatched in
+ascending index order; a chunk's size follows the measured item duration (tiny items in large
+chunks, slow items one by one), within ``max_concurrency``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from durablemap._batch import BatchItem, BatchItemStatus, CompletionReason
+from durablemap._completion import CompletionPolicy
+from durablemap._errors import (
+    ErrorObject,
+    ExecutionError,
+    ItemTimeoutError,
+    NonDeterministicExecutionError,
+    SerDesError,
+    WorkerCrashedError,
+)
+from durablemap._observe import MapInfo, Observers
+from durablemap._records import Kind, Record, Status, encode_record
+from durablemap._state import ExecutionState
+from durablemap._store import op_key
+from durablemap._worker import ChunkResult, MapSpec
+from durablemap.config import CompletionDecision, CompletionItemStatus, CompletionStatus
+from durablemap.executors._base import Executor
+from durablemap.serdes import deserialize_value
+
+__all__ = ["Coordinator", "MapOutcome", "Prior"]
+
+_NEW, _RUNNING, _DONE = 0, 1, 2
+_NOT_NEW = re.compile(rb"[^\x00]")
+_CHUNK_SECONDS = 0.05  # target duration of one chunk: large enough to hide dispatch costs
+_MAX_CHUNK = 4096
+_GRACE_SECONDS = 5.0
+_STATUS = {"SUCCEEDED": BatchItemStatus.SUCCEEDED, "FAILED": BatchItemStatus.FAILED}
+
+
+@dataclass
+class Prior:
+    """What earlier runs recorded for this map's items."""
+
+    items: dict[int, BatchItem[Any]] = field(default_factory=dict)
+    crashes: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class MapOutcome:
+    """The items (index order, started only) and the completion reason."""
+
+    items: list[BatchItem[Any]]
+    reason: CompletionReason
+    started: list[int]
+    succeeded: int
+    failed: int
+
+
+class Coordinator:
+    """Runs the items of one map to completion (see the module docstring)."""
+
+    def __init__(self, *, state: ExecutionState, executor: Executor, spec: MapSpec, ref: Any,
+                 policy: CompletionPolicy, predicate: Callable[[CompletionStatus], CompletionDecision] | None,
+                 max_concurrency: int | None, item_timeout: float | None, max_crashes: int,
+                 names: Sequence[str | None] | None, prior: Prior, info: MapInfo,
+                 observers: Observers | None) -> None:
+        self.state, self.executor, self.spec, self.ref = state, executor, spec, ref
+        self.policy, self.predicate = policy, predicate
+        self.n = n = len(spec.inputs)
+        self.names, self.info, self.observers = names, info, observers
+        self.item_timeout, self.max_crashes = item_timeout, max_crashes
+        self.codes = bytearray(n)
+        self.items: list[BatchItem[Any] | None] = [None] * n
+        self.succeeded = self.failed = 0
+        for index, item in prior.items.items():
+            self.codes[index] = _DONE
+            self.items[index] = item
+            if item.status == BatchItemStatus.SUCCEEDED:
+                self.succeeded += 1
+            else:
+                self.failed += 1
+        self.crashes = dict(prior.crashes)
+        self.cursor = 0
+        self.requeued: list[int] = []
+        self.in_flight = 0
+        self.futures: dict[Future[ChunkResult], Sequence[int]] = {}
+        self.max_in_flight = max_concurrency or max(n, 1)
+        self.max_chunks = 1 if executor.workers == 1 and not executor.has_slots else executor.workers * 2
+        self.per_item: float | None = None
+        self.decision: CompletionDecision | None = None
+        self.reason: CompletionReason | None = None
+        self.timed_out: dict[int, str] = {}
+        self.blind_breaks = 0
+        self.store = state.store()
+        self.prefix = op_key(state.execution_id, spec.path)
+        self.map_name = info.name or "/".join(map(str, spec.path))
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> MapOutcome:
+        """Run until the completion policy says the map is complete."""
+        if self.observers:
+            self.observers.call("map_started", self.info, self.succeeded + self.failed, self.failed)
+        self._check()
+        try:
+            while self.reason is None:
+                self._dispatch()
+                if not self.futures:
+                    self.reason = self.policy.reason(self.succeeded, self.failed, self.decision)
+                    break
+                self._collect(0.1 if (self.item_timeout and self.executor.has_slots) else 0.5)
+                self._watch()
+        except KeyboardInterrupt:
+            self._interrupted()
+            raise
+        except BaseException:
+            self._abandon()
+            raise
+        self._abandon()
+        started = [i for i in range(self.n) if self.codes[i] == _RUNNING] if self.in_flight else []
+        if started:
+            for index in started:
+                self.items[index] = BatchItem(index, BatchItemStatus.STARTED)
+        items = [item for item in self.items if item is not None]
+        if self.observers:
+            self.observers.call("map_finished", self.info, self.reason.value, self.succeeded, self.failed)
+        return MapOutcome(items, self.reason, started, self.succeeded, self.failed)
+
+    def _check(self) -> None:
+        if self.predicate is not None:
+            self.decision = self.predicate(self._snapshot())
+        if (self.policy.is_complete(self.succeeded, self.failed, self.decision)
+                or not self.policy.should_continue(self.failed)):
+            self.reason = self.policy.reason(self.succeeded, self.failed, self.decision)
+
+    def _snapshot(self) -> CompletionStatus:
+        statuses = []
+        for index in range(self.n):
+            item, code = self.items[index], self.codes[index]
+            status = item.status if item is not None else (BatchItemStatus.STARTED if code == _RUNNING else None)
+            name = self.names[index] if self.names is not None else None
+            statuses.append(CompletionItemStatus(index=index, name=name, status=status))
+        return CompletionStatus(self.succeeded, self.failed, self.succeeded + self.failed, self.n,
+                                tuple(statuses))
+
+    # -- dispatch ---------------------------------------------------------------------------
+    def _chunk_size(self) -> int:
+        if self.per_item is None:
+            return 1
+        size = int(_CHUNK_SECONDS / max(self.per_item, 1e-7))
+        remaining = self.n - self.succeeded - self.failed - self.in_flight
+        balance = -(-remaining // max(self.executor.workers, 1))
+        return max(1, min(size, _MAX_CHUNK, balance))
+
+    def _dispatch(self) -> None:
+        while (len(self.futures) < self.max_chunks and self.in_flight < self.max_in_flight
+               and self.reason is None):
+            indexes = self._take(min(self._chunk_size(), self.max_in_flight - self.in_flight))
+            if not indexes:
+                return
+            for index in indexes:
+                self.codes[index] = _RUNNING
+            self.in_flight += len(indexes)
+            self.futures[self.executor.submit(self.ref, indexes)] = indexes
+
+    def _take(self, size: int) -> Sequence[int]:
+        if self.requeued:
+            return [heapq.heappop(self.requeued) for _ in range(min(size, len(self.requeued)))]
+        start = self.codes.find(0, self.cursor)
+        if start < 0:
+            self.cursor = self.n
+            return ()
+        found = _NOT_NEW.search(self.codes, start, start + size)
+        stop = found.start() if found else min(start + size, self.n)
+        self.cursor = stop
+        return range(start, stop)
+
+    # -- results ----------------------------------------------------------------------------
+    def _collect(self, timeout: float) -> None:
+        done, _ = wait(list(self.futures), timeout=timeout, return_when=FIRST_COMPLETED)
+        if not done:
+            return
+        results: list[tuple[Sequence[int], ChunkResult]] = []
+        broken: BaseException | None = None
+        for future in sorted(done, key=lambda f: self.futures[f][0]):
+            indexes = self.futures.pop(future)
+            error = future.exception()
+            if error is None:
+                results.append((indexes, future.result()))
+            elif self.executor.is_broken(error):
+                broken = error
+                self.futures[future] = indexes  # settled with the rest in _broken
+            else:
+                raise error
+        self._absorb(results)
+        if broken is not None:
+            self._broken(broken)
+
+    def _absorb(self, results: list[tuple[Sequence[int], ChunkResult]]) -> None:
+        """Commit a batch of chunk results in one transaction, then count them."""
+        writes: list[tuple[bytes, bytes]] = []
+        finished: list[BatchItem[Any]] = []
+        fatal: dict[str, Any] | None = None
+        flat = self.spec.flat
+        for indexes, result in results:
+            if result.records:
+                self.per_item = result.elapsed / len(result.records)
+            for index, encoded in result.records:
+                item, stored = self._decode(index, encoded)
+                finished.append(item)
+                if not flat:
+                    writes.append((self.prefix + index.to_bytes(4, "big"), stored))
+            if result.fatal is not None:
+                fatal = result.fatal
+                ran = {index for index, _ in result.records}
+                for index in indexes:
+                    if index not in ran:
+                        self.codes[index] = _NEW
+                        self.in_flight -= 1
+        if writes:
+            self.store.put_many(writes)
+        self._finish(finished)
+        if fatal is not None:
+            nondeterministic = fatal["type"].endswith("NonDeterministicExecutionError")
+            cls = NonDeterministicExecutionError if nondeterministic else ExecutionError
+            raise cls(f"Item {fatal['index']} of map '{self.map_name}': {fatal['message']}")
+
+    def _decode(self, index: int, raw: bytes) -> tuple[BatchItem[Any], bytes]:
+        fields = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        status = fields[1]
+        if status == "SUCCEEDED":
+            try:
+                value = deserialize_value(self.spec.item_serdes, fields[4], self.info.operation_id,
+                                          self.state.execution_id)
+            except SerDesError as exc:
+                error = ErrorObject.from_exception(exc)
+                raw = encode_record(Record(Kind.CONTEXT, Status.FAILED, fields[2], fields[3], None,
+                                           error.to_dict(), None))
+                return BatchItem(index, BatchItemStatus.FAILED, None, error), raw
+            return BatchItem(index, BatchItemStatus.SUCCEEDED, value, None), raw
+        return BatchItem(index, _STATUS[status], None, ErrorObject.from_dict(fields[5])), raw
+
+    def _finish(self, finished: list[BatchItem[Any]]) -> None:
+        succeeded = failed = 0
+        for item in finished:
+            index = item.index
+            if self.codes[index] != _RUNNING:
+                continue
+            self.codes[index] = _DONE
+            self.items[index] = item
+            self.in_flight -= 1
+            if item.status == BatchItemStatus.SUCCEEDED:
+                self.succeeded += 1
+                succeeded += 1
+            else:
+                self.failed += 1
+                failed += 1
+            if self.reason is None:
+                self._check()
+        if self.observers and finished:
+            self.observers.call("items_finished", self.info, succeeded, failed)
+
+    # -- faults -----------------------------------------------------------------------------
+    def _broken(self, error: BaseException) -> None:
+        """A worker died and took the pool down: every chunk in flight failed. Find the item that
+        was running in the dead worker, count a crash against it, run everything else again."""
+        done, _ = wait(list(self.futures), timeout=30)
+        results: list[tuple[Sequence[int], ChunkResult]] = []
+        lost: list[int] = []
+        for future in done:
+            indexes = self.futures.pop(future)
+            if future.exception() is None:
+                results.append((indexes, future.result()))
+            else:
+                lost.extend(indexes)
+        self._absorb(results)
+        culprits = set()
+        if self.executor.has_slots:
+            culprits = {s.index for s in self.executor.slots.dead_running(self.spec.token)}  # type: ignore[attr-defined]
+        culprits &= set(lost)
+        if not culprits and not self.timed_out:
+            self.blind_breaks += 1
+            if self.blind_breaks >= 3:  # no slot names the item: blame all that were in flight
+                culprits = set(lost)
+        else:
+            self.blind_breaks = 0
+        how = _exit_description(error)
+        writes: list[tuple[bytes, bytes]] = []
+        finished: list[BatchItem[Any]] = []
+        for index in sorted(set(lost)):
+            if self.codes[index] != _RUNNING:
+                continue
+            self.codes[index] = _NEW
+            self.in_flight -= 1
+            if index in self.timed_out:
+                finished.append(self._fail(index, ItemTimeoutError(
+                    f"Item {index} of map '{self.map_name}' ran longer than item_timeout="
+                    f"{self.item_timeout:g} s; its worker was killed and replaced. Its stack is in the "
+                    "error data. Raise MapConfig.item_timeout if it needs longer, or fix the hang."),
+                    self.timed_out.pop(index), writes))
+            elif index in culprits:
+                crashes = self.crashes.get(index, 0) + 1
+                self.crashes[index] = crashes
+                if crashes >= self.max_crashes:
+                    finished.append(self._fail(index, WorkerCrashedError(
+                        f"The worker process running item {index} of map '{self.map_name}' died "
+                        f"({how}) {crashes} times; the item is FAILED and the map goes on. Look for "
+                        "a segfault, os._exit or the OOM killer in that item, or raise "
+                        "MapConfig.max_worker_crashes."), None, writes))
+                    continue
+                name = self.names[index] if self.names is not None else None
+                writes.append((self.prefix + index.to_bytes(4, "big"), encode_record(Record(
+                    Kind.CONTEXT, Status.STARTED, name, self.spec.sub_type, None, None,
+                    {"crashes": crashes, "exit": how}))))
+                heapq.heappush(self.requeued, index)
+            else:
+                heapq.heappush(self.requeued, index)
+        for item in finished:
+            self.codes[item.index] = _RUNNING
+            self.in_flight += 1
+        if writes and not self.spec.flat:
+            self.store.put_many(writes)
+        self._finish(finished)
+        self.executor.restart()
+
+    def _fail(self, index: int, exc: Exception, data: str | None,
+              writes: list[tuple[bytes, bytes]]) -> BatchItem[Any]:
+        error = ErrorObject.from_exception(exc)
+        if data is not None:
+            error = ErrorObject(error.message, error.type, data, error.stack_trace)
+        name = self.names[index] if self.names is not None else None
+        writes.append((self.prefix + index.to_bytes(4, "big"), encode_record(Record(
+            Kind.CONTEXT, Status.FAILED, name, self.spec.sub_type, None, error.to_dict(),
+            {"crashes": self.crashes.get(index, 0)}))))
+        return BatchItem(index, BatchItemStatus.FAILED, None, error)
+
+    def _watch(self) -> None:
+        """Kill workers whose item ran past item_timeout, keeping the item's stack first."""
+        if not self.item_timeout or not self.executor.has_slots:
+            return
+        now = time.monotonic()
+        for slot in self.executor.slots.running(self.spec.token):  # type: ignore[attr-defined]
+            if now - slot.started > self.item_timeout and slot.index not in self.timed_out:
+                self.timed_out[slot.index] = _dump_stack(self.executor.slots.directory, slot.pid)  # type: ignore[attr-defined]
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGKILL)
+
+    # -- stopping ---------------------------------------------------------------------------
+    def _abandon(self) -> None:
+        """Drop chunks still in flight: cancel queued ones, stop running ones."""
+        running = [f for f in self.futures if not f.cancel()]
+        self.futures.clear()
+        if any(not f.done() for f in running):
+            self.executor.stop_running()
+
+    def _interrupted(self) -> None:
+        """Ctrl-C: dispatch nothing more, record what finishes within a short grace period, then
+        stop the workers. A second Ctrl-C stops them at once."""
+        self.reason = CompletionReason.ALL_COMPLETED  # stops further dispatch
+        for future in list(self.futures):
+            if future.cancel():
+                for index in self.futures.pop(future):
+                    self.codes[index] = _NEW
+                    self.in_flight -= 1
+        deadline = time.monotonic() + float(self.state.settings.get("grace_seconds", _GRACE_SECONDS))
+        try:
+            while self.futures and time.monotonic() < deadline:
+                self._collect(0.1)
+        except KeyboardInterrupt:
+            print("durablemap: second interrupt, stopping workers now", file=sys.stderr)
+        except Exception:
+            pass
+        finally:
+            self._abandon()
+
+
+def _exit_description(error: BaseException) -> str:
+    match = re.search(r"exit codes of the workers are \{(.*?)\}", str(error))
+    return f"exit code {match.group(1)}" if match else type(error).__name__
+
+
+def _dump_stack(directory: str, pid: int) -> str:
+    path = os.path.join(directory, f"{pid}.stack")
+    try:
+        before = os.path.getsize(path)
+        os.kill(pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and os.path.getsize(path) == before:
+            time.sleep(0.02)
+        time.sleep(0.05)
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            fh.seek(before)
+            return fh.read()
+    except OSError:
+        return ""

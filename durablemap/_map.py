@@ -1,0 +1,243 @@
+"""The map and parallel operations: validation, replay of a finished map, and the map record.
+
+Running the items is the coordinator's job (``_coordinator``); this module decides whether they
+need to run at all, and records the outcome.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from durablemap._batch import BatchItem, BatchItemStatus, BatchResult, CompletionReason
+from durablemap._completion import CompletionPolicy
+from durablemap._context import check_identity, failed_again
+from durablemap._coordinator import Coordinator, Prior
+from durablemap._errors import ChildContextError, ErrorObject, SerDesError, ValidationError
+from durablemap._observe import MapInfo
+from durablemap._records import Kind, Record, Status, decode_record, encode_record
+from durablemap._step import operation_name
+from durablemap._store import op_key, path_str
+from durablemap._worker import MapSpec
+from durablemap.config import CompletionStatus, MapConfig, NestingType, ParallelBranch, ParallelConfig
+from durablemap.executors._inline import InlineExecutor
+from durablemap.serdes import deserialize_value, serialize_value
+
+if TYPE_CHECKING:
+    from durablemap._context import DurableContext
+
+__all__ = ["run_map", "run_parallel"]
+
+T = TypeVar("T")
+SUMMARY_LIMIT = 256 * 1024
+# A BatchResult of this many items serializes to more than SUMMARY_LIMIT with the default serdes
+# (each item's dict alone takes over 30 bytes), so it is not serialized just to find that out.
+_SURELY_LARGE = SUMMARY_LIMIT // 30 + 1
+
+
+class _CallbackFailed(Exception):
+    """A user callback of the map machinery (item_namer, should_complete) raised."""
+
+
+def run_map(ctx: DurableContext, inputs: Sequence[Any], func: Callable[..., T], name: str | None,
+            config: MapConfig[Any] | None) -> BatchResult[T]:
+    """``context.map``: see CONTRACT section 3."""
+    config = config or MapConfig()
+    _validate(inputs, func, "context.map()", "func")
+    config.completion_config._validate_for_total(len(inputs))
+    return _run_batch(ctx, inputs, func, name or operation_name(func), config, "Map", "MapIteration",
+                      config.item_namer)
+
+
+def run_parallel(ctx: DurableContext, functions: Sequence[Any], name: str | None,
+                 config: ParallelConfig | None) -> BatchResult[Any]:
+    """``context.parallel``: each function runs as an item of a map over the functions."""
+    config = config or ParallelConfig()
+    if not isinstance(functions, Sequence) or isinstance(functions, str | bytes):
+        raise ValidationError("context.parallel() takes a list of functions; pass list(functions).")
+    for index, function in enumerate(functions):
+        if not callable(function):
+            raise ValidationError(f"context.parallel(): functions[{index}] is not callable "
+                                  f"({type(function).__name__}); pass functions taking a DurableContext.")
+    config.completion_config._validate_for_total(len(functions))
+    return _run_batch(ctx, list(functions), _call_branch, name, config, "Parallel", "ParallelBranch",
+                      _branch_name)
+
+
+def _call_branch(context: DurableContext, branch: Callable[[DurableContext], T], index: int,
+                 branches: Sequence[Any]) -> T:
+    return branch(context)
+
+
+def _branch_name(branch: Any, index: int) -> str | None:
+    return branch.name if isinstance(branch, ParallelBranch) and branch.name else None
+
+
+def _validate(inputs: Any, func: Any, where: str, what: str) -> None:
+    if not isinstance(inputs, Sequence) and not (hasattr(inputs, "__len__") and hasattr(inputs, "__getitem__")):
+        raise ValidationError(
+            f"{where} needs a sequence of inputs (list, tuple, range, or an object with __len__ and "
+            f"__getitem__), got {type(inputs).__name__}: pass list(...) of it so every item has a "
+            "stable index to be recorded under.")
+    if not callable(func):
+        raise ValidationError(f"{where}: {what} must be callable, got {type(func).__name__}.")
+
+
+def _run_batch(ctx: DurableContext, inputs: Sequence[Any], func: Callable[..., Any], name: str | None,
+               config: MapConfig[Any] | ParallelConfig, sub_type: str, item_sub_type: str,
+               namer: Callable[[Any, int], str | None] | None) -> BatchResult[Any]:
+    path = ctx.next_path()
+    record = ctx.lookup(path, Kind.CONTEXT, sub_type, name)
+    state = ctx.state
+    if record is not None and record.finished:
+        rerun = failed_again(record, state) or (
+            state.retry_failed and record.status == Status.SUCCEEDED and record.get("failed", 0) > 0)
+        if rerun:
+            ctx.mark_rerun()
+        elif record.status == Status.FAILED:
+            ErrorObject.from_dict(record.error or {}).raise_as_operation_error(ChildContextError)
+        else:
+            return _replay(state, path, record, config)
+    return _execute(ctx, path, record, inputs, func, name, config, sub_type, item_sub_type, namer)
+
+
+def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, inputs: Sequence[Any],
+             func: Callable[..., Any], name: str | None, config: MapConfig[Any] | ParallelConfig,
+             sub_type: str, item_sub_type: str,
+             namer: Callable[[Any, int], str | None] | None) -> BatchResult[Any]:
+    state = ctx.state
+    store = state.store()
+    key = op_key(state.execution_id, path)
+    op_id = path_str(path)
+
+    def put(status: str, payload: Any = None, error: dict[str, Any] | None = None,
+            meta: dict[str, Any] | None = None) -> None:
+        store.put(key, encode_record(Record(Kind.CONTEXT, status, name, sub_type, payload, error, meta)))
+
+    def fail(exc: BaseException) -> ChildContextError:
+        error = ErrorObject.from_exception(exc)
+        put(Status.FAILED, error=error.to_dict(), meta={"inputs": len(inputs)})
+        return error.to_operation_error(ChildContextError)  # type: ignore[return-value]
+
+    try:
+        names = [namer(inputs[i], i) for i in range(len(inputs))] if namer is not None else None
+    except Exception as exc:
+        raise fail(exc) from exc
+    item_serdes = config.item_serdes or config.serdes
+    executor = state.executor if (state.executor is not None and not state.in_worker) else InlineExecutor()
+    spec = MapSpec(int.from_bytes(os.urandom(8), "big") >> 1, state.for_worker(), path, func, inputs,
+                   item_serdes, config.nesting_type == NestingType.FLAT, item_sub_type, names)
+    ref = executor.publish(spec)
+    try:
+        if record is None:
+            put(Status.STARTED, meta={"inputs": len(inputs)})
+        prior = _read_prior(state, path, len(inputs), item_serdes, names, item_sub_type) if record else Prior()
+        predicate = config.completion_config.should_complete
+        info = MapInfo(state.execution_id, op_id, name, len(inputs), len(path))
+        coordinator = Coordinator(
+            state=state, executor=executor, spec=spec, ref=ref,
+            policy=CompletionPolicy(config.completion_config, len(inputs)),
+            predicate=_guarded(predicate) if predicate is not None else None,
+            max_concurrency=config.max_concurrency, item_timeout=config.item_timeout,
+            max_crashes=config.max_worker_crashes, names=names, prior=prior, info=info,
+            observers=state.observers)
+        outcome = coordinator.run()
+    except _CallbackFailed as exc:
+        raise fail(exc.__cause__ or exc) from exc.__cause__
+    finally:
+        executor.unpublish(ref)
+    result: BatchResult[Any] = BatchResult(outcome.items, outcome.reason)
+    meta = {"inputs": len(inputs), "reason": outcome.reason.value, "total": len(outcome.items),
+            "started": outcome.started, "succeeded": outcome.succeeded, "failed": outcome.failed}
+    return _record_result(result, meta, config, put, fail, op_id, state.execution_id, spec.flat)
+
+
+def _guarded(predicate: Callable[[CompletionStatus], Any]) -> Callable[[CompletionStatus], Any]:
+    def guarded(status: CompletionStatus) -> Any:
+        try:
+            return predicate(status)
+        except Exception as exc:
+            raise _CallbackFailed(str(exc)) from exc
+    return guarded
+
+
+def _record_result(result: BatchResult[Any], meta: dict[str, Any], config: MapConfig[Any] | ParallelConfig,
+                   put: Callable[..., None], fail: Callable[[BaseException], ChildContextError],
+                   op_id: str, execution_id: str, flat: bool) -> BatchResult[Any]:
+    payload: bytes | str | None = None
+    if config.serdes is not None or len(result.all) < _SURELY_LARGE or flat:
+        try:
+            payload = serialize_value(config.serdes, result, op_id, execution_id)
+        except SerDesError as exc:
+            put(Status.FAILED, error=ErrorObject.from_exception(exc).to_dict(), meta=meta)
+            raise
+    if payload is None or (len(payload) > SUMMARY_LIMIT and not flat):
+        # Too large for one record: keep a summary; a replay rebuilds the items from their records.
+        try:
+            if config.summary_generator is not None:
+                meta["summary"] = str(config.summary_generator(result))
+        except Exception as exc:
+            raise fail(exc) from exc
+        meta["replay_children"] = True
+        put(Status.SUCCEEDED, None, meta=meta)
+        return result
+    put(Status.SUCCEEDED, payload, meta=meta)
+    replayed: BatchResult[Any] = deserialize_value(config.serdes, payload, op_id, execution_id)
+    return replayed
+
+
+def _read_prior(state: Any, path: tuple[int, ...], n: int, item_serdes: Any,
+                names: Sequence[str | None] | None, sub_type: str) -> Prior:
+    """The outcomes earlier runs recorded for this map's items (resume)."""
+    prior = Prior()
+    op_id = path_str(path)
+    for index, _key, raw in state.store().scan_children(op_key(state.execution_id, path)):
+        if index >= n:
+            continue  # the inputs shrank: items past the end are not part of this run
+        record = decode_record(raw, f"item {index} of map '{op_id}'")
+        check_identity(record, (*path, index), Kind.CONTEXT, sub_type,
+                       names[index] if names is not None else record.name)
+        if record.status == Status.SUCCEEDED:
+            value = _decode_item(item_serdes, record, op_id, index, state.execution_id)
+            prior.items[index] = BatchItem(index, BatchItemStatus.SUCCEEDED, value, None)
+        elif record.status == Status.FAILED and not state.retry_failed:
+            prior.items[index] = BatchItem(index, BatchItemStatus.FAILED, None,
+                                           ErrorObject.from_dict(record.error or {}))
+        elif record.status == Status.STARTED:
+            prior.crashes[index] = int(record.get("crashes", 0))
+    return prior
+
+
+def _decode_item(serdes: Any, record: Record, op_id: str, index: int, execution_id: str) -> Any:
+    try:
+        return deserialize_value(serdes, record.payload or b"", f"{op_id}/{index}", execution_id)
+    except SerDesError as exc:
+        raise SerDesError(f"The recorded result of item {index} of map '{op_id}' cannot be "
+                          f"deserialized: {exc}") from exc
+
+
+def _replay(state: Any, path: tuple[int, ...], record: Record,
+            config: MapConfig[Any] | ParallelConfig) -> BatchResult[Any]:
+    """The recorded BatchResult of a finished map: from its record, or rebuilt from item records."""
+    op_id = path_str(path)
+    if record.payload is not None:
+        result: BatchResult[Any] = deserialize_value(config.serdes, record.payload, op_id,
+                                                     state.execution_id)
+        return result
+    item_serdes = config.item_serdes or config.serdes
+    started = set(record.get("started") or ())
+    items: list[BatchItem[Any]] = []
+    for index, _key, raw in state.store().scan_children(op_key(state.execution_id, path)):
+        if index in started:
+            continue
+        item_record = decode_record(raw, f"item {index} of map '{op_id}'")
+        if item_record.status == Status.SUCCEEDED:
+            value = _decode_item(item_serdes, item_record, op_id, index, state.execution_id)
+            items.append(BatchItem(index, BatchItemStatus.SUCCEEDED, value, None))
+        elif item_record.status == Status.FAILED:
+            items.append(BatchItem(index, BatchItemStatus.FAILED, None, ErrorObject.from_dict(item_record.error or {})))
+    if started:
+        items.extend(BatchItem(index, BatchItemStatus.STARTED) for index in started)
+        items.sort(key=lambda item: item.index)
+    return BatchResult(items, CompletionReason(record.get("reason", "ALL_COMPLETED")))

@@ -1,0 +1,54 @@
+"""The state one execution shares with all its contexts, in the coordinator and in workers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from durablemap._clock import Clock
+from durablemap._store import Store
+
+if TYPE_CHECKING:
+    from durablemap._observe import Observers
+    from durablemap.executors import Executor
+
+__all__ = ["ExecutionState"]
+
+
+@dataclass
+class ExecutionState:
+    """Where an execution is recorded and how its items run.
+
+    The first fields travel to worker processes with every map; ``executor`` and ``observers`` live
+    only in the process that made them (a worker runs nested maps inline).
+    """
+
+    store_path: str
+    execution_id: str
+    clock: Clock
+    retry_failed: bool = False
+    in_worker: bool = False
+    item_index: int | None = None
+    executor: Executor | None = field(default=None, compare=False)
+    observers: Observers | None = field(default=None, compare=False)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def store(self) -> Store:
+        """This process's handle on the store."""
+        return Store.for_process(self.store_path)
+
+    def for_worker(self) -> ExecutionState:
+        """The copy that travels to a worker process: no executor, no observers."""
+        return replace(self, in_worker=True, executor=None, observers=None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["executor"] = None
+        state["observers"] = None
+        return state
+
+    @property
+    def logger(self) -> logging.Logger:
+        """The library's logger."""
+        return logging.getLogger("durablemap")

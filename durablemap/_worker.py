@@ -1,0 +1,149 @@
+"""What runs inside a worker process: a chunk of map items, each with its own DurableContext.
+
+    coordinator ── MapSpec (func, inputs, serdes; once per worker per map) ──> worker cache
+    coordinator ── ChunkTask (spec ref, indexes) ──────────────────────────> run_chunk
+    coordinator <── ChunkResult ((index, record bytes)..., elapsed, fatal) ── run_chunk
+
+Items' results come back as encoded records; the coordinator commits them. Operations inside an
+item (steps, waits, child contexts, nested maps) write their own records to the store from here.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from durablemap._context import DurableContext
+from durablemap._errors import (
+    ErrorObject,
+    ExecutionError,
+    InvocationError,
+    SerDesError,
+    error_type_name,
+)
+from durablemap._records import Kind, Record, Status, encode_record
+from durablemap._slots import SlotWriter
+from durablemap._state import ExecutionState
+from durablemap._store import path_str
+from durablemap.serdes import SerDes, serialize_value
+
+__all__ = ["ChunkResult", "MapSpec", "init_worker", "run_chunk", "run_chunk_from_file"]
+
+
+@dataclass
+class MapSpec:
+    """Everything a worker needs to run items of one map, shipped once per worker."""
+
+    token: int
+    state: ExecutionState
+    path: tuple[int, ...]
+    func: Callable[..., Any]
+    inputs: Sequence[Any]
+    item_serdes: SerDes[Any] | None
+    flat: bool
+    sub_type: str
+    names: Sequence[str | None] | None
+    fingerprints: bool = False
+
+
+@dataclass
+class ChunkResult:
+    """The outcome of one chunk: encoded item records in the order they ran."""
+
+    token: int
+    records: list[tuple[int, bytes]]
+    elapsed: float
+    fatal: dict[str, Any] | None = None
+
+
+_slot: SlotWriter | None = None
+_specs: OrderedDict[str, MapSpec] = OrderedDict()
+_SPEC_CACHE = 4
+
+
+def init_worker(slot_dir: str, parent_pid: int) -> None:
+    """Set up a loky worker: ignore Ctrl-C (the coordinator decides), dump stacks on SIGUSR1 (for
+    item timeouts), publish a slot, and exit when the coordinator is gone."""
+    global _slot
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _slot = SlotWriter(slot_dir)
+    stack_file = open(os.path.join(slot_dir, f"{os.getpid()}.stack"), "w")  # noqa: SIM115 - lives as long as the worker
+    faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True,
+                     name="durablemap-parent-watch").start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    # A worker whose coordinator was SIGKILLed would otherwise live on as an orphan.
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent_pid:
+            os._exit(0)
+
+
+def run_chunk_from_file(ref: tuple[int, str], indexes: Sequence[int]) -> ChunkResult:
+    """Run a chunk of the map whose spec was published at ``ref`` (loaded once, then cached)."""
+    token, path = ref
+    key = f"{token}:{path}"
+    spec = _specs.get(key)
+    if spec is None:
+        with open(path, "rb") as fh:
+            spec = cloudpickle.load(fh)
+        _specs[key] = spec
+        while len(_specs) > _SPEC_CACHE:
+            _specs.popitem(last=False)
+    return run_chunk(spec, indexes)
+
+
+def run_chunk(spec: MapSpec, indexes: Sequence[int]) -> ChunkResult:
+    """Run the items at ``indexes`` one after another; stop at an error that ends the execution."""
+    start = time.perf_counter()
+    out: list[tuple[int, bytes]] = []
+    slot = _slot
+    fatal = None
+    for index in indexes:
+        if slot is not None:
+            slot.begin(spec.token, index)
+        try:
+            out.append((index, run_item(spec, index)))
+        except (ExecutionError, InvocationError) as exc:
+            fatal = {"type": error_type_name(exc), "message": str(exc), "index": index}
+            break
+        finally:
+            if slot is not None:
+                slot.end()
+    return ChunkResult(spec.token, out, time.perf_counter() - start, fatal)
+
+
+def run_item(spec: MapSpec, index: int) -> bytes:
+    """Run one item and return its encoded record (SUCCEEDED with the serialized result, or FAILED)."""
+    state = spec.state
+    state.item_index = index
+    path = (*spec.path, index)
+    name = spec.names[index] if spec.names is not None else None
+    try:
+        value = spec.func(DurableContext(state, path), spec.inputs[index], index, spec.inputs)
+    except (ExecutionError, InvocationError):
+        raise
+    except Exception as exc:
+        return _failed(spec, name, ErrorObject.from_exception(exc))
+    try:
+        payload = serialize_value(spec.item_serdes, value, path_str(path), state.execution_id)
+    except SerDesError as exc:
+        return _failed(spec, name, ErrorObject.from_exception(SerDesError(
+            f"The result of item {index} of map '{path_str(spec.path)}' cannot be serialized: {exc}",
+        )))
+    return encode_record(Record(Kind.CONTEXT, Status.SUCCEEDED, name, spec.sub_type, payload, None, None))
+
+
+def _failed(spec: MapSpec, name: str | None, error: ErrorObject) -> bytes:
+    return encode_record(Record(Kind.CONTEXT, Status.FAILED, name, spec.sub_type, None, error.to_dict(), None))

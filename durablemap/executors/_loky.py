@@ -1,0 +1,126 @@
+"""The default executor: a reusable loky process pool, with worker slots for crash attribution."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import cloudpickle
+from loky import get_reusable_executor
+
+from durablemap._errors import ValidationError
+from durablemap._slots import Slots
+from durablemap._worker import ChunkResult, MapSpec, init_worker, run_chunk_from_file
+
+__all__ = ["LokyExecutor", "default_workers", "describe_unpicklable"]
+
+_IDLE_TIMEOUT = 60.0
+_slot_dir: str | None = None
+
+
+def default_workers() -> int:
+    """The CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _process_slot_dir() -> str:
+    # One directory per coordinator process, so the pool's initializer arguments never change and
+    # loky keeps reusing the same workers across maps and runs.
+    global _slot_dir
+    if _slot_dir is None or not os.path.isdir(_slot_dir):
+        _slot_dir = tempfile.mkdtemp(prefix=f"durablemap-{os.getpid()}-")
+        atexit.register(shutil.rmtree, _slot_dir, True)
+    return _slot_dir
+
+
+class LokyExecutor:
+    """Runs chunks in loky worker processes; a map's function and inputs are written once to a
+    file that each worker loads once."""
+
+    has_slots = True
+
+    def __init__(self, workers: int | None = None) -> None:
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise ValidationError(f"workers must be a whole number of at least 1, got: {workers!r}")
+        self.workers = workers or default_workers()
+        self.slots = Slots(_process_slot_dir())
+
+    def _pool(self) -> Any:
+        return get_reusable_executor(
+            max_workers=self.workers, timeout=_IDLE_TIMEOUT, initializer=init_worker,
+            initargs=(self.slots.directory, os.getpid()),
+        )
+
+    def publish(self, spec: MapSpec) -> Any:
+        """Pickle the spec to a file the workers read; unpicklable parts raise ValidationError."""
+        try:
+            data = cloudpickle.dumps(spec)
+        except Exception as exc:
+            raise ValidationError(describe_unpicklable(spec, exc)) from None
+        path = os.path.join(self.slots.directory, f"spec-{spec.token}.pkl")
+        with open(path, "wb") as fh:
+            fh.write(data)
+        return (spec.token, path)
+
+    def unpublish(self, ref: Any) -> None:
+        """Remove the spec file."""
+        with contextlib.suppress(OSError):
+            os.unlink(ref[1])
+
+    def submit(self, ref: Any, indexes: Sequence[int]) -> Future[ChunkResult]:
+        """Queue a chunk on the pool."""
+        future: Future[ChunkResult] = self._pool().submit(run_chunk_from_file, ref, indexes)
+        return future
+
+    def is_broken(self, error: BaseException) -> bool:
+        """loky breaks the whole pool when one worker dies."""
+        return isinstance(error, BrokenProcessPool)
+
+    def restart(self) -> None:
+        """loky hands out a fresh pool once the broken one is gone."""
+        self._pool()
+
+    def stop_running(self) -> None:
+        """Kill the workers (items still running are abandoned); the next map gets fresh ones."""
+        self._pool().shutdown(wait=True, kill_workers=True)
+
+    def worker_pids(self) -> list[int]:
+        """Live worker pids, from their slots."""
+        return self.slots.live_pids()
+
+
+def describe_unpicklable(spec: MapSpec, exc: Exception) -> str:
+    """Say which part of a map cannot be pickled for the worker processes, and what to do."""
+    where = f"map '{spec.path[-1] if spec.path else ''}'"
+    culprit = "its configuration (item_serdes or item_namer results)"
+    if not _picklable(spec.func):
+        culprit = f"the function {getattr(spec.func, '__qualname__', spec.func)!r}"
+    elif not _picklable(spec.inputs):
+        culprit = "the inputs"
+        for index in range(min(len(spec.inputs), 10_000)):
+            if not _picklable(spec.inputs[index]):
+                culprit = f"inputs[{index}] (a {type(spec.inputs[index]).__name__})"
+                break
+    return (
+        f"{culprit} of {where} cannot be pickled to send to the worker processes ({type(exc).__name__}: "
+        f"{exc}). Pass module-level functions and plain data (no locks, open files, sockets or "
+        "database connections: open those inside the item), or run with executor='inline'."
+    )
+
+
+def _picklable(obj: Any) -> bool:
+    try:
+        cloudpickle.dumps(obj)
+    except Exception:
+        return False
+    return True
