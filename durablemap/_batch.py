@@ -95,15 +95,13 @@ class BatchItem(tuple[Any, ...], Generic[R]):
         result = property(itemgetter(2), doc="The item's deserialized result; None unless SUCCEEDED.")
         error = property(itemgetter(3), doc="What the item raised; None unless FAILED.")
 
+    # Not NotImplemented for other types: Python would then fall back to tuple's own comparison,
+    # and a BatchItem would equal a plain 4-tuple.
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, BatchItem):
-            return NotImplemented
-        return tuple.__eq__(self, other)
+        return isinstance(other, BatchItem) and tuple.__eq__(self, other)
 
     def __ne__(self, other: object) -> bool:
-        if not isinstance(other, BatchItem):
-            return NotImplemented
-        return tuple.__ne__(self, other)
+        return not (isinstance(other, BatchItem) and tuple.__eq__(self, other))
 
     __hash__ = tuple.__hash__
 
