@@ -71,7 +71,6 @@ class BatchItem(tuple[Any, ...], Generic[R]):
         return _tuple_new(cls, (index, status, result, error))
 
     if TYPE_CHECKING:
-
         # Shadows tuple.index(value): an item's position matters more than searching four fields.
         @property
         def index(self) -> int:  # type: ignore[override]
@@ -106,9 +105,7 @@ class BatchItem(tuple[Any, ...], Generic[R]):
     __hash__ = tuple.__hash__
 
     def __repr__(self) -> str:
-        return (
-            f"BatchItem(index={self[0]!r}, status={self[1]!r}, result={self[2]!r}, error={self[3]!r})"
-        )
+        return f"BatchItem(index={self[0]!r}, status={self[1]!r}, result={self[2]!r}, error={self[3]!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
         # tuple's default pickling would call __new__ with one tuple argument.
@@ -240,9 +237,7 @@ class BatchResult(Generic[R]):
         }
 
     @classmethod
-    def from_dict(
-        cls, data: dict[str, Any], completion_config: CompletionConfig | None = None
-    ) -> BatchResult[Any]:
+    def from_dict(cls, data: dict[str, Any], completion_config: CompletionConfig | None = None) -> BatchResult[Any]:
         """Inverse of `to_dict`. Without ``completionReason``, the reason is inferred (`from_items`)."""
         items: list[BatchItem[Any]] = [BatchItem.from_dict(d) for d in data["all"]]
         reason = data.get("completionReason")

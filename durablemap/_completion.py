@@ -29,9 +29,7 @@ class CompletionPolicy:
         self._min_successful = config.min_successful
         self._count = config.tolerated_failure_count
         self._percentage = config.tolerated_failure_percentage
-        self.has_criteria = (
-            self._min_successful is not None or self._count is not None or self._percentage is not None
-        )
+        self.has_criteria = self._min_successful is not None or self._count is not None or self._percentage is not None
 
     @property
     def has_predicate(self) -> bool:
@@ -64,9 +62,7 @@ class CompletionPolicy:
             return True
         return self.is_tolerance_exceeded(failed)
 
-    def reason(
-        self, succeeded: int, failed: int, decision: CompletionDecision | None = None
-    ) -> CompletionReason:
+    def reason(self, succeeded: int, failed: int, decision: CompletionDecision | None = None) -> CompletionReason:
         """Why the batch completed; the first matching rule wins, tolerance first."""
         if self.is_tolerance_exceeded(failed):
             return CompletionReason.FAILURE_TOLERANCE_EXCEEDED

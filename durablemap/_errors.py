@@ -417,4 +417,3 @@ class ErrorObject:
         """Raise `to_operation_error` (``cls``, or `SerDesError`) from its recorded cause."""
         error = self.to_operation_error(cls)
         raise error from error.__cause__
-

@@ -54,6 +54,7 @@ def __getattr__(name: str) -> Any:
         return JitterStrategy
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 SummaryGenerator = Callable[[BatchResult[Any]], str]
 
 
@@ -135,13 +136,9 @@ class CompletionDecision:
 
     def __post_init__(self) -> None:
         if self.complete and self.outcome is None:
-            raise ValidationError(
-                "CompletionDecision(complete=True) needs an outcome; use complete_batch(outcome)"
-            )
+            raise ValidationError("CompletionDecision(complete=True) needs an outcome; use complete_batch(outcome)")
         if not self.complete and self.outcome is not None:
-            raise ValidationError(
-                "CompletionDecision(complete=False) cannot have an outcome; use continue_batch()"
-            )
+            raise ValidationError("CompletionDecision(complete=False) cannot have an outcome; use continue_batch()")
 
 
 def complete_batch(outcome: CompletionOutcome = CompletionOutcome.SUCCEEDED) -> CompletionDecision:
@@ -208,9 +205,7 @@ class CompletionConfig:
     def _validate_for_total(self, total: int) -> None:
         """Reject a ``min_successful`` that ``total`` inputs can never reach."""
         if self.min_successful is not None and self.min_successful > total:
-            raise ValidationError(
-                f"min_successful cannot be greater than total items: {self.min_successful} > {total}"
-            )
+            raise ValidationError(f"min_successful cannot be greater than total items: {self.min_successful} > {total}")
 
 
 class NestingType(StrEnum):
@@ -234,18 +229,14 @@ def _check_callable(name: str, value: object) -> None:
 
 def _check_serdes(name: str, value: object) -> None:
     if value is not None and not isinstance(value, SerDes):
-        raise ValidationError(
-            f"{name} must be a durablemap.serdes.SerDes instance or None, got: {value!r}"
-        )
+        raise ValidationError(f"{name} must be a durablemap.serdes.SerDes instance or None, got: {value!r}")
 
 
 def _check_positive(name: str, value: object, unit: str) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValidationError(
-            f"{name} must be a positive number of {unit}, or None for no limit, got: {value!r}"
-        )
+        raise ValidationError(f"{name} must be a positive number of {unit}, or None for no limit, got: {value!r}")
 
 
 def _validate_batch_fields(config: MapConfig[Any] | ParallelConfig) -> None:
@@ -254,9 +245,7 @@ def _validate_batch_fields(config: MapConfig[Any] | ParallelConfig) -> None:
     if n is not None and (not _is_int(n) or n < 1):
         raise ValidationError(f"max_concurrency must be at least 1, got: {n}")
     if not isinstance(config.completion_config, CompletionConfig):
-        raise ValidationError(
-            f"completion_config must be a CompletionConfig, got: {config.completion_config!r}"
-        )
+        raise ValidationError(f"completion_config must be a CompletionConfig, got: {config.completion_config!r}")
     _check_serdes("serdes", config.serdes)
     _check_serdes("item_serdes", config.item_serdes)
     _check_callable("summary_generator", config.summary_generator)

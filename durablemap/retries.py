@@ -88,9 +88,7 @@ ErrorTypes = list[type[Exception]] | None
 
 def _check_attempts(max_attempts: int) -> None:
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-        raise ValidationError(
-            f"max_attempts must be an int of at least 1 (1 means no retry), got: {max_attempts!r}"
-        )
+        raise ValidationError(f"max_attempts must be an int of at least 1 (1 means no retry), got: {max_attempts!r}")
 
 
 @dataclass
@@ -233,30 +231,22 @@ class RetryPresets:
     @classmethod
     def default(cls) -> RetryStrategy:
         """6 attempts, 5 s doubling to at most 60 s, full jitter (the step default)."""
-        return create_retry_strategy(
-            RetryStrategyConfig(6, Duration(5), Duration(60), 2.0, JitterStrategy.FULL)
-        )
+        return create_retry_strategy(RetryStrategyConfig(6, Duration(5), Duration(60), 2.0, JitterStrategy.FULL))
 
     @classmethod
     def transient(cls) -> RetryStrategy:
         """3 attempts, 5 s doubling, half jitter: brief network or service blips."""
-        return create_retry_strategy(
-            RetryStrategyConfig(3, Duration(5), Duration(300), 2.0, JitterStrategy.HALF)
-        )
+        return create_retry_strategy(RetryStrategyConfig(3, Duration(5), Duration(300), 2.0, JitterStrategy.HALF))
 
     @classmethod
     def resource_availability(cls) -> RetryStrategy:
         """5 attempts, 5 s doubling to at most 300 s, full jitter: waiting for a resource."""
-        return create_retry_strategy(
-            RetryStrategyConfig(5, Duration(5), Duration(300), 2.0, JitterStrategy.FULL)
-        )
+        return create_retry_strategy(RetryStrategyConfig(5, Duration(5), Duration(300), 2.0, JitterStrategy.FULL))
 
     @classmethod
     def critical(cls) -> RetryStrategy:
         """10 attempts, 1 s growing 1.5x to at most 60 s, no jitter: work that must get through."""
-        return create_retry_strategy(
-            RetryStrategyConfig(10, Duration(1), Duration(60), 1.5, JitterStrategy.NONE)
-        )
+        return create_retry_strategy(RetryStrategyConfig(10, Duration(1), Duration(60), 1.5, JitterStrategy.NONE))
 
     @classmethod
     def linear(cls) -> RetryStrategy:

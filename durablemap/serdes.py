@@ -77,11 +77,9 @@ _EXT_BIGINT = 6
 _EXT_BATCH_RESULT = 7
 _EXT_BATCH_ITEM = 8
 _EXT_ERROR_OBJECT = 9
-_EXT_DATETIME_ZONE = 10  # a datetime whose tzinfo is a ZoneInfo: "isoformat|zone key"
+_EXT_DATETIME_EXACT = 10  # a datetime with a ZoneInfo or fold=1: "isoformat|zone key|fold"
 
-_SUPPORTED = (
-    "None, bool, int, float, str, bytes, list, tuple, dict, Decimal, datetime, date, UUID and BatchResult"
-)
+_SUPPORTED = "None, bool, int, float, str, bytes, list, tuple, dict, Decimal, datetime, date, UUID and BatchResult"
 
 
 def _type_name(value: object) -> str:
@@ -110,16 +108,20 @@ def _encode_bigint(value: int) -> msgpack.ExtType:
 
 def _encode_datetime(value: _dt.datetime) -> msgpack.ExtType:
     tz = value.tzinfo
-    if isinstance(tz, zoneinfo.ZoneInfo) and tz.key is not None:
-        # The offset alone would lose the zone's future DST rules; keep the zone's name too.
-        return msgpack.ExtType(_EXT_DATETIME_ZONE, f"{value.isoformat()}|{tz.key}".encode())
-    return msgpack.ExtType(_EXT_DATETIME, value.isoformat().encode("ascii"))
+    key = tz.key if isinstance(tz, zoneinfo.ZoneInfo) else None
+    if key is None and not value.fold:
+        return msgpack.ExtType(_EXT_DATETIME, value.isoformat().encode("ascii"))
+    # isoformat keeps only the offset: record the zone's name (its DST rules) and the fold as well.
+    return msgpack.ExtType(_EXT_DATETIME_EXACT, f"{value.isoformat()}|{key or ''}|{value.fold}".encode())
 
 
-def _decode_datetime_zone(data: bytes) -> _dt.datetime:
-    text, key = data.decode().rsplit("|", 1)
-    # astimezone from the recorded offset restores the wall time and fold of the same instant.
-    return _dt.datetime.fromisoformat(text).astimezone(zoneinfo.ZoneInfo(key))
+def _decode_datetime_exact(data: bytes) -> _dt.datetime:
+    text, key, fold = data.decode().split("|")
+    parsed = _dt.datetime.fromisoformat(text)
+    if key:
+        # Same wall time, zone and fold as recorded: the very same local time, even in a DST gap.
+        return parsed.replace(tzinfo=zoneinfo.ZoneInfo(key), fold=int(fold))
+    return parsed.replace(fold=int(fold))
 
 
 def _encode_subclass(value: object) -> Any:
@@ -190,8 +192,8 @@ def _ext_hook(code: int, data: bytes) -> Any:
         return Decimal(data.decode("ascii"))
     if code == _EXT_DATETIME:
         return _dt.datetime.fromisoformat(data.decode("ascii"))
-    if code == _EXT_DATETIME_ZONE:
-        return _decode_datetime_zone(data)
+    if code == _EXT_DATETIME_EXACT:
+        return _decode_datetime_exact(data)
     if code == _EXT_DATE:
         return _dt.date.fromisoformat(data.decode("ascii"))
     if code == _EXT_UUID:
@@ -295,9 +297,7 @@ DEFAULT_JSON_SERDES = JsonSerDes()
 """A shared `JsonSerDes` instance."""
 
 
-def serialize_value(
-    serdes: SerDes[Any] | None, value: Any, operation_id: str, execution_id: str
-) -> bytes | str:
+def serialize_value(serdes: SerDes[Any] | None, value: Any, operation_id: str, execution_id: str) -> bytes | str:
     """Serialize ``value`` for ``operation_id`` with ``serdes`` (None: `DEFAULT_SERDES`).
 
     `SerDesError` and `RetryableSerDesError` pass through; any other error becomes `SerDesError`.
@@ -315,9 +315,7 @@ def serialize_value(
         ) from e
 
 
-def deserialize_value(
-    serdes: SerDes[Any] | None, data: str | bytes, operation_id: str, execution_id: str
-) -> Any:
+def deserialize_value(serdes: SerDes[Any] | None, data: str | bytes, operation_id: str, execution_id: str) -> Any:
     """Deserialize ``data`` of ``operation_id`` with ``serdes`` (None: `DEFAULT_SERDES`).
 
     `SerDesError` and `RetryableSerDesError` pass through; any other error becomes `SerDesError`.

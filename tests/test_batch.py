@@ -71,7 +71,7 @@ def test_batch_item_value_semantics() -> None:
     assert a != BatchItem(2, S, [1])
     assert a != (1, S, [1], None)
     assert not a == (1, S, [1], None)  # noqa: SIM201 - the == operator itself is under test
-    assert (1, S, [1], None) != a
+    assert (1, S, [1], None) != a  # noqa: SIM300 - the reflected comparison is under test
     assert hash(BatchItem(1, S, 2)) == hash(BatchItem(1, S, 2))
     assert repr(BatchItem(1, S, 2)) == (
         "BatchItem(index=1, status=<BatchItemStatus.SUCCEEDED: 'SUCCEEDED'>, result=2, error=None)"
@@ -157,8 +157,12 @@ def test_from_dict_infers_missing_reason(caplog: pytest.LogCaptureFixture) -> No
     strict = BatchResult.from_dict(data, CompletionConfig.all_successful())
     assert strict.completion_reason is CompletionReason.FAILURE_TOLERANCE_EXCEEDED
     early = BatchResult.from_dict(
-        {"all": [{"index": 0, "status": "SUCCEEDED", "result": 1, "error": None},
-                 {"index": 1, "status": "STARTED", "result": None, "error": None}]},
+        {
+            "all": [
+                {"index": 0, "status": "SUCCEEDED", "result": 1, "error": None},
+                {"index": 1, "status": "STARTED", "result": None, "error": None},
+            ]
+        },
         CompletionConfig.first_successful(),
     )
     assert early.completion_reason is CompletionReason.MIN_SUCCESSFUL_REACHED
@@ -172,8 +176,13 @@ def test_from_items_sorts_by_index() -> None:
 
 def test_accessors() -> None:
     r = BatchResult(
-        [BatchItem(0, S, 10), BatchItem(1, F, None, ErrorObject("e1", "T")), BatchItem(2, S, None),
-         BatchItem(3, ST), BatchItem(4, F, None, ErrorObject("e4", "T"))],
+        [
+            BatchItem(0, S, 10),
+            BatchItem(1, F, None, ErrorObject("e1", "T")),
+            BatchItem(2, S, None),
+            BatchItem(3, ST),
+            BatchItem(4, F, None, ErrorObject("e4", "T")),
+        ],
         CompletionReason.ALL_COMPLETED,
     )
     assert r.results is r.all
@@ -215,8 +224,11 @@ def test_status_rules(items: list[BatchItem[int]], reason: CompletionReason, sta
 
 def test_throw_if_error_raises_child_context_error_for_first_failure() -> None:
     r = BatchResult(
-        [BatchItem(0, S, 1), BatchItem(2, F, None, ErrorObject("bad3", "ValueError")),
-         BatchItem(4, F, None, ErrorObject("bad5", "KeyError"))],
+        [
+            BatchItem(0, S, 1),
+            BatchItem(2, F, None, ErrorObject("bad3", "ValueError")),
+            BatchItem(4, F, None, ErrorObject("bad5", "KeyError")),
+        ],
         CompletionReason.ALL_COMPLETED,
     )
     with pytest.raises(ChildContextError) as info:
@@ -229,8 +241,9 @@ def test_throw_if_error_raises_child_context_error_for_first_failure() -> None:
 
 
 def test_throw_if_error_inner_step_failure_keeps_step_error_as_cause() -> None:
-    r = BatchResult([BatchItem(0, F, None, ErrorObject("'nokey'", "durablemap.StepError"))],
-                    CompletionReason.ALL_COMPLETED)
+    r: BatchResult[int] = BatchResult(
+        [BatchItem(0, F, None, ErrorObject("'nokey'", "durablemap.StepError"))], CompletionReason.ALL_COMPLETED
+    )
     with pytest.raises(ChildContextError) as info:
         r.throw_if_error()
     assert info.value.error_type == "durablemap.StepError"
@@ -238,20 +251,21 @@ def test_throw_if_error_inner_step_failure_keeps_step_error_as_cause() -> None:
 
 
 def test_throw_if_error_without_error_object() -> None:
-    r = BatchResult([BatchItem(0, S, 1), BatchItem(3, F)], CompletionReason.ALL_COMPLETED)
+    r: BatchResult[int] = BatchResult([BatchItem(0, S, 1), BatchItem(3, F)], CompletionReason.ALL_COMPLETED)
     with pytest.raises(ChildContextError, match=r"^Batch item 3 failed without an ErrorObject\.$"):
         r.throw_if_error()
 
 
 def test_throw_if_error_serdes_failure() -> None:
-    r = BatchResult([BatchItem(0, F, None, ErrorObject("set", "durablemap.SerDesError"))],
-                    CompletionReason.ALL_COMPLETED)
+    r: BatchResult[int] = BatchResult(
+        [BatchItem(0, F, None, ErrorObject("set", "durablemap.SerDesError"))], CompletionReason.ALL_COMPLETED
+    )
     with pytest.raises(SerDesError, match="set"):
         r.throw_if_error()
 
 
 def test_throw_if_error_custom_completion_failed() -> None:
-    r = BatchResult([BatchItem(0, S, 1)], CompletionReason.CUSTOM_COMPLETION_FAILED)
+    r: BatchResult[int] = BatchResult([BatchItem(0, S, 1)], CompletionReason.CUSTOM_COMPLETION_FAILED)
     with pytest.raises(BatchCompletionError) as info:
         r.throw_if_error()
     assert info.value.completion_reason is CompletionReason.CUSTOM_COMPLETION_FAILED
@@ -260,7 +274,7 @@ def test_throw_if_error_custom_completion_failed() -> None:
 
 @pytest.mark.parametrize("reason", [r for r in CompletionReason if r is not CompletionReason.CUSTOM_COMPLETION_FAILED])
 def test_throw_if_error_returns_none_without_failures(reason: CompletionReason) -> None:
-    assert BatchResult([BatchItem(0, S, 1), BatchItem(1, ST)], reason).throw_if_error() is None
+    BatchResult([BatchItem(0, S, 1), BatchItem(1, ST)], reason).throw_if_error()
 
 
 def test_result_is_frozen_and_pickles() -> None:

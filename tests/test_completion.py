@@ -40,9 +40,7 @@ def simulate(
     next_index = succeeded = failed = 0
 
     def snapshot() -> CompletionStatus:
-        items = tuple(
-            CompletionItemStatus(i, None, outcomes.get(i, ST if i in in_flight else None)) for i in range(n)
-        )
+        items = tuple(CompletionItemStatus(i, None, outcomes.get(i, ST if i in in_flight else None)) for i in range(n))
         return CompletionStatus(succeeded, failed, succeeded + failed, n, items)
 
     decision = policy.decide(snapshot())
@@ -62,8 +60,7 @@ def simulate(
     reason = policy.reason(succeeded, failed, decision)
     for index in in_flight:
         outcomes[index] = ST
-    return BatchResult([BatchItem(i, outcomes[i], i if outcomes[i] is S else None) for i in sorted(outcomes)],
-                       reason)
+    return BatchResult([BatchItem(i, outcomes[i], i if outcomes[i] is S else None) for i in sorted(outcomes)], reason)
 
 
 def shape(result: BatchResult[int]) -> list[tuple[int, str]]:
@@ -75,34 +72,119 @@ ALL_SUCCESSFUL = CompletionConfig.all_successful()
 
 # Reference table 4.4, one row per case; the SDK's fail-fast default is spelled all_successful() here.
 TABLE = [
-    ("row 1: SDK default (= all_successful), mc=1", ALL_SUCCESSFUL, 5, {1}, 1, [(0, "S"), (1, "F")], R.FAILURE_TOLERANCE_EXCEEDED),
-    ("row 3: all_successful, mc=1", CompletionConfig.all_successful(), 5, {1}, 1, [(0, "S"), (1, "F")],
-     R.FAILURE_TOLERANCE_EXCEEDED),
-    ("first_successful, 0 fails", CompletionConfig.first_successful(), 5, {0}, 1, [(0, "F"), (1, "S")],
-     R.MIN_SUCCESSFUL_REACHED),
-    ("first_successful, all fail", CompletionConfig.first_successful(), 3, {0, 1, 2}, 1,
-     [(0, "F"), (1, "F"), (2, "F")], R.ALL_COMPLETED),
-    ("min_successful=2 mc=2", CompletionConfig(min_successful=2), 6, set(), 2, [(0, "S"), (1, "S"), (2, "ST")],
-     R.MIN_SUCCESSFUL_REACHED),
-    ("tolerated_failure_count=1", CompletionConfig(tolerated_failure_count=1), 6, {1, 3, 4}, 1,
-     [(0, "S"), (1, "F"), (2, "S"), (3, "F")], R.FAILURE_TOLERANCE_EXCEEDED),
-    ("tolerated_failure_percentage=25", CompletionConfig(tolerated_failure_percentage=25), 8, {1, 3, 4}, 1,
-     [(0, "S"), (1, "F"), (2, "S"), (3, "F"), (4, "F")], R.FAILURE_TOLERANCE_EXCEEDED),
-    ("min 3, count 1", CompletionConfig(min_successful=3, tolerated_failure_count=1), 8, {0}, 1,
-     [(0, "F"), (1, "S"), (2, "S"), (3, "S")], R.MIN_SUCCESSFUL_REACHED),
-    ("min 1, count 0", CompletionConfig(min_successful=1, tolerated_failure_count=0), 3, {0}, 1, [(0, "F")],
-     R.FAILURE_TOLERANCE_EXCEEDED),
-    ("min 2, count 5", CompletionConfig(min_successful=2, tolerated_failure_count=5), 4, {0, 1, 2}, 1,
-     [(0, "F"), (1, "F"), (2, "F"), (3, "S")], R.ALL_COMPLETED),
-    ("all_completed", CompletionConfig.all_completed(), 4, {2}, 1, [(0, "S"), (1, "S"), (2, "F"), (3, "S")],
-     R.ALL_COMPLETED),
+    (
+        "row 1: SDK default (= all_successful), mc=1",
+        ALL_SUCCESSFUL,
+        5,
+        {1},
+        1,
+        [(0, "S"), (1, "F")],
+        R.FAILURE_TOLERANCE_EXCEEDED,
+    ),
+    (
+        "row 3: all_successful, mc=1",
+        CompletionConfig.all_successful(),
+        5,
+        {1},
+        1,
+        [(0, "S"), (1, "F")],
+        R.FAILURE_TOLERANCE_EXCEEDED,
+    ),
+    (
+        "first_successful, 0 fails",
+        CompletionConfig.first_successful(),
+        5,
+        {0},
+        1,
+        [(0, "F"), (1, "S")],
+        R.MIN_SUCCESSFUL_REACHED,
+    ),
+    (
+        "first_successful, all fail",
+        CompletionConfig.first_successful(),
+        3,
+        {0, 1, 2},
+        1,
+        [(0, "F"), (1, "F"), (2, "F")],
+        R.ALL_COMPLETED,
+    ),
+    (
+        "min_successful=2 mc=2",
+        CompletionConfig(min_successful=2),
+        6,
+        set(),
+        2,
+        [(0, "S"), (1, "S"), (2, "ST")],
+        R.MIN_SUCCESSFUL_REACHED,
+    ),
+    (
+        "tolerated_failure_count=1",
+        CompletionConfig(tolerated_failure_count=1),
+        6,
+        {1, 3, 4},
+        1,
+        [(0, "S"), (1, "F"), (2, "S"), (3, "F")],
+        R.FAILURE_TOLERANCE_EXCEEDED,
+    ),
+    (
+        "tolerated_failure_percentage=25",
+        CompletionConfig(tolerated_failure_percentage=25),
+        8,
+        {1, 3, 4},
+        1,
+        [(0, "S"), (1, "F"), (2, "S"), (3, "F"), (4, "F")],
+        R.FAILURE_TOLERANCE_EXCEEDED,
+    ),
+    (
+        "min 3, count 1",
+        CompletionConfig(min_successful=3, tolerated_failure_count=1),
+        8,
+        {0},
+        1,
+        [(0, "F"), (1, "S"), (2, "S"), (3, "S")],
+        R.MIN_SUCCESSFUL_REACHED,
+    ),
+    (
+        "min 1, count 0",
+        CompletionConfig(min_successful=1, tolerated_failure_count=0),
+        3,
+        {0},
+        1,
+        [(0, "F")],
+        R.FAILURE_TOLERANCE_EXCEEDED,
+    ),
+    (
+        "min 2, count 5",
+        CompletionConfig(min_successful=2, tolerated_failure_count=5),
+        4,
+        {0, 1, 2},
+        1,
+        [(0, "F"), (1, "F"), (2, "F"), (3, "S")],
+        R.ALL_COMPLETED,
+    ),
+    (
+        "all_completed",
+        CompletionConfig.all_completed(),
+        4,
+        {2},
+        1,
+        [(0, "S"), (1, "S"), (2, "F"), (3, "S")],
+        R.ALL_COMPLETED,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("config", "n", "failing", "mc", "expected", "reason"),
-                         [row[1:] for row in TABLE], ids=[row[0] for row in TABLE])
-def test_reference_table(config: CompletionConfig, n: int, failing: set[int], mc: int,
-                         expected: list[tuple[int, str]], reason: CompletionReason) -> None:
+@pytest.mark.parametrize(
+    ("config", "n", "failing", "mc", "expected", "reason"), [row[1:] for row in TABLE], ids=[row[0] for row in TABLE]
+)
+def test_reference_table(
+    config: CompletionConfig,
+    n: int,
+    failing: set[int],
+    mc: int,
+    expected: list[tuple[int, str]],
+    reason: CompletionReason,
+) -> None:
     result = simulate(config, n, failing, mc)
     assert shape(result) == expected
     assert result.completion_reason is reason
@@ -137,8 +219,13 @@ def test_durablemap_default_runs_every_item(mc: int | None) -> None:
 
 @pytest.mark.parametrize(
     "config",
-    [CompletionConfig(), ALL_SUCCESSFUL, CompletionConfig.first_successful(), CompletionConfig.all_completed(),
-     CompletionConfig(should_complete=lambda s: continue_batch())],
+    [
+        CompletionConfig(),
+        ALL_SUCCESSFUL,
+        CompletionConfig.first_successful(),
+        CompletionConfig.all_completed(),
+        CompletionConfig(should_complete=lambda s: continue_batch()),
+    ],
 )
 def test_zero_inputs(config: CompletionConfig) -> None:
     result = simulate(config, 0, set())

@@ -39,7 +39,7 @@ def test_all_names_exist() -> None:
     assert config_module.BatchItemStatus is BatchItemStatus
     assert config_module.JitterStrategy is JitterStrategy
     with pytest.raises(AttributeError):
-        _ = config_module.NoSuchName  # type: ignore[attr-defined]
+        _ = config_module.NoSuchName
 
 
 # Duration
@@ -57,9 +57,9 @@ def test_duration() -> None:
 
 
 def test_duration_negative() -> None:
-    with pytest.raises(ValidationError, match="^Duration seconds must be positive$"):
+    with pytest.raises(ValidationError, match=r"^Duration seconds must be positive$"):
         Duration(-1)
-    with pytest.raises(ValidationError, match="^Duration seconds must be positive$"):
+    with pytest.raises(ValidationError, match=r"^Duration seconds must be positive$"):
         Duration.from_minutes(-1)
     with pytest.raises(ValidationError, match="must be a number"):
         Duration("5")  # type: ignore[arg-type]
@@ -76,7 +76,10 @@ def test_completion_config_defaults_and_factories() -> None:
         tolerated_failure_count=0, tolerated_failure_percentage=0
     )
     assert [f.name for f in dataclasses.fields(CompletionConfig)] == [
-        "min_successful", "tolerated_failure_count", "tolerated_failure_percentage", "should_complete",
+        "min_successful",
+        "tolerated_failure_count",
+        "tolerated_failure_percentage",
+        "should_complete",
     ]
     assert isinstance(CompletionConfig.__dict__["all_successful"], staticmethod)
 
@@ -88,18 +91,23 @@ def test_completion_config_defaults_and_factories() -> None:
         ({"min_successful": -3}, "min_successful must be at least 1, got: -3"),
         ({"tolerated_failure_count": -1}, "tolerated_failure_count must be non-negative, got: -1"),
         ({"tolerated_failure_percentage": 101}, "tolerated_failure_percentage must be between 0 and 100, got: 101"),
-        ({"tolerated_failure_percentage": -0.5},
-         "tolerated_failure_percentage must be between 0 and 100, got: -0.5"),
+        ({"tolerated_failure_percentage": -0.5}, "tolerated_failure_percentage must be between 0 and 100, got: -0.5"),
         ({"should_complete": 3}, "should_complete must be callable"),
-        ({"should_complete": lambda s: continue_batch(), "min_successful": 1},
-         "should_complete cannot be combined with min_successful, tolerated_failure_count, or "
-         "tolerated_failure_percentage"),
-        ({"should_complete": lambda s: continue_batch(), "tolerated_failure_count": 0},
-         "should_complete cannot be combined with min_successful, tolerated_failure_count, or "
-         "tolerated_failure_percentage"),
-        ({"should_complete": lambda s: continue_batch(), "tolerated_failure_percentage": 10},
-         "should_complete cannot be combined with min_successful, tolerated_failure_count, or "
-         "tolerated_failure_percentage"),
+        (
+            {"should_complete": lambda s: continue_batch(), "min_successful": 1},
+            "should_complete cannot be combined with min_successful, tolerated_failure_count, or "
+            "tolerated_failure_percentage",
+        ),
+        (
+            {"should_complete": lambda s: continue_batch(), "tolerated_failure_count": 0},
+            "should_complete cannot be combined with min_successful, tolerated_failure_count, or "
+            "tolerated_failure_percentage",
+        ),
+        (
+            {"should_complete": lambda s: continue_batch(), "tolerated_failure_percentage": 10},
+            "should_complete cannot be combined with min_successful, tolerated_failure_count, or "
+            "tolerated_failure_percentage",
+        ),
     ],
 )
 def test_completion_config_validation(kwargs: dict[str, Any], message: str) -> None:
@@ -150,8 +158,17 @@ def test_enums() -> None:
 # MapConfig / ParallelConfig
 
 MAP_FIELDS = [
-    "max_concurrency", "completion_config", "serdes", "item_serdes", "summary_generator", "nesting_type",
-    "item_namer", "item_timeout", "max_worker_crashes", "recompute_changed_inputs", "worker_memory_limit",
+    "max_concurrency",
+    "completion_config",
+    "serdes",
+    "item_serdes",
+    "summary_generator",
+    "nesting_type",
+    "item_namer",
+    "item_timeout",
+    "max_worker_crashes",
+    "recompute_changed_inputs",
+    "worker_memory_limit",
     "memory_budget",
 ]
 
@@ -175,9 +192,16 @@ def test_parallel_config_defaults() -> None:
 
 def test_map_config_accepts_valid_values() -> None:
     config: MapConfig[int] = MapConfig(
-        max_concurrency=1, serdes=JsonSerDes(), item_serdes=JsonSerDes(), summary_generator=str,
-        nesting_type=NestingType.FLAT, item_namer=lambda item, i: f"n{i}", item_timeout=0.5,
-        max_worker_crashes=1, worker_memory_limit=1, memory_budget=10**9,
+        max_concurrency=1,
+        serdes=JsonSerDes(),
+        item_serdes=JsonSerDes(),
+        summary_generator=str,
+        nesting_type=NestingType.FLAT,
+        item_namer=lambda item, i: f"n{i}",
+        item_timeout=0.5,
+        max_worker_crashes=1,
+        worker_memory_limit=1,
+        memory_budget=10**9,
     )
     assert config.item_timeout == 0.5
 
@@ -213,7 +237,7 @@ def test_parallel_config_validation(kwargs: dict[str, Any], pattern: str) -> Non
 
 
 def test_item_namer_must_be_callable() -> None:
-    with pytest.raises(ValidationError, match="^item_namer must be callable or None"):
+    with pytest.raises(ValidationError, match=r"^item_namer must be callable or None"):
         MapConfig(item_namer="name")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         ParallelConfig(item_namer=lambda item, i: "x")  # type: ignore[call-arg]
@@ -250,24 +274,27 @@ def test_durable_parallel_branch_decorator() -> None:
 def test_step_config() -> None:
     c = StepConfig()
     assert (c.retry_strategy, c.step_semantics, c.serdes, c.sub_type) == (
-        None, StepSemantics.AT_LEAST_ONCE_PER_RETRY, None, None
+        None,
+        StepSemantics.AT_LEAST_ONCE_PER_RETRY,
+        None,
+        None,
     )
     strategy = RetryPresets.none()
     assert StepConfig(strategy, StepSemantics.AT_MOST_ONCE_PER_RETRY).retry_strategy is strategy
     assert StepConfig(sub_type="my_step-1").sub_type == "my_step-1"
     with pytest.raises(TypeError):
-        StepConfig(None, StepSemantics.AT_MOST_ONCE_PER_RETRY, None, "x")  # type: ignore[misc]
-    with pytest.raises(ValidationError, match="^retry_strategy must be callable or None"):
+        StepConfig(None, StepSemantics.AT_MOST_ONCE_PER_RETRY, None, "x")  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match=r"^retry_strategy must be callable or None"):
         StepConfig(retry_strategy=5)  # type: ignore[arg-type]
-    with pytest.raises(ValidationError, match="^step_semantics must be"):
+    with pytest.raises(ValidationError, match=r"^step_semantics must be"):
         StepConfig(step_semantics="AT_MOST")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("sub_type", ["has space", "x" * 33, "dot.ted"])
 def test_sub_type_validation(sub_type: str) -> None:
-    with pytest.raises(ValidationError, match="^sub_type must be 1 to 32 characters"):
+    with pytest.raises(ValidationError, match=r"^sub_type must be 1 to 32 characters"):
         StepConfig(sub_type=sub_type)
-    with pytest.raises(ValidationError, match="^sub_type must be 1 to 32 characters"):
+    with pytest.raises(ValidationError, match=r"^sub_type must be 1 to 32 characters"):
         ChildConfig(sub_type=sub_type)
 
 
@@ -275,5 +302,5 @@ def test_child_config() -> None:
     assert dataclasses.astuple(ChildConfig()) == (None, None, None)
     assert ChildConfig(sub_type="").sub_type == ""
     assert ChildConfig(JsonSerDes(), "x" * 32, str).sub_type == "x" * 32
-    with pytest.raises(ValidationError, match="^summary_generator must be callable"):
+    with pytest.raises(ValidationError, match=r"^summary_generator must be callable"):
         ChildConfig(summary_generator=1)  # type: ignore[arg-type]

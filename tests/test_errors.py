@@ -200,9 +200,7 @@ def test_error_object_to_dict_omits_none() -> None:
     assert ErrorObject(None, None).to_dict() == {}
 
 
-@pytest.mark.parametrize(
-    "obj", [ErrorObject("m", "T", "d", ["x"]), ErrorObject("m", "T"), ErrorObject(None, None)]
-)
+@pytest.mark.parametrize("obj", [ErrorObject("m", "T", "d", ["x"]), ErrorObject("m", "T"), ErrorObject(None, None)])
 def test_error_object_dict_round_trip(obj: ErrorObject) -> None:
     assert ErrorObject.from_dict(obj.to_dict()) == obj
 
@@ -238,7 +236,7 @@ def test_to_operation_error_serdes_type_gives_serdes_error() -> None:
 
 
 def test_raise_as_operation_error() -> None:
-    with pytest.raises(ChildContextError, match="^bad3$") as info:
+    with pytest.raises(ChildContextError, match=r"^bad3$") as info:
         ErrorObject("bad3", "ValueError").raise_as_operation_error(ChildContextError)
     assert info.value.error_type == "ValueError"
     assert type(info.value.__cause__) is DurableOperationError

@@ -28,7 +28,7 @@ Strategy = Callable[[Exception, int], RetryDecision]
 
 def delays(strategy: Strategy, error: Exception | None = None, limit: int = 20) -> list[int]:
     """The delays a strategy asks for on attempts 1, 2, ... until it gives up."""
-    out = []
+    out: list[int] = []
     for attempt in range(1, limit + 1):
         decision = strategy(error or RuntimeError("boom"), attempt)
         if not decision.should_retry:
@@ -52,20 +52,28 @@ def test_retry_decision() -> None:
 def test_config_defaults() -> None:
     c = RetryStrategyConfig()
     assert (c.max_attempts, c.initial_delay, c.max_delay, c.backoff_rate, c.jitter_strategy) == (
-        3, Duration(5), Duration(300), 2.0, JitterStrategy.FULL
+        3,
+        Duration(5),
+        Duration(300),
+        2.0,
+        JitterStrategy.FULL,
     )
     assert (c.retryable_errors, c.retryable_error_types) == (None, None)
     lin = LinearRetryStrategyConfig()
     assert (lin.max_attempts, lin.initial_delay, lin.increment, lin.max_delay, lin.jitter_strategy) == (
-        6, Duration(1), Duration(1), Duration(300), JitterStrategy.FULL
+        6,
+        Duration(1),
+        Duration(1),
+        Duration(300),
+        JitterStrategy.FULL,
     )
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 2.5])
 def test_max_attempts_validation(bad: int) -> None:
-    with pytest.raises(ValidationError, match="^max_attempts must be an int of at least 1"):
+    with pytest.raises(ValidationError, match=r"^max_attempts must be an int of at least 1"):
         RetryStrategyConfig(max_attempts=bad)
-    with pytest.raises(ValidationError, match="^max_attempts must be an int of at least 1"):
+    with pytest.raises(ValidationError, match=r"^max_attempts must be an int of at least 1"):
         LinearRetryStrategyConfig(max_attempts=bad)
 
 
