@@ -47,7 +47,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SerDesContext:
     """Where a value is being (de)serialized: the operation id and the execution id."""
 
@@ -97,22 +97,31 @@ def _unsupported(value: object) -> SerDesError:
     )
 
 
+_tuple_new = tuple.__new__
+
+
+def _ext(code: int, data: bytes) -> msgpack.ExtType:
+    # ExtType's own constructor validates in Python and costs three times as much; our codes and
+    # payloads are valid by construction.
+    return _tuple_new(msgpack.ExtType, (code, data))
+
+
 def _pack_ext(code: int, value: Any) -> msgpack.ExtType:
-    return msgpack.ExtType(code, _pack(value))
+    return _ext(code, _pack(value))
 
 
 def _encode_bigint(value: int) -> msgpack.ExtType:
     # Only ints outside msgpack's 64-bit range reach the default hook.
-    return msgpack.ExtType(_EXT_BIGINT, str(int(value)).encode("ascii"))
+    return _ext(_EXT_BIGINT, str(int(value)).encode("ascii"))
 
 
 def _encode_datetime(value: _dt.datetime) -> msgpack.ExtType:
     tz = value.tzinfo
     key = tz.key if isinstance(tz, zoneinfo.ZoneInfo) else None
     if key is None and not value.fold:
-        return msgpack.ExtType(_EXT_DATETIME, value.isoformat().encode("ascii"))
+        return _ext(_EXT_DATETIME, value.isoformat().encode("ascii"))
     # isoformat keeps only the offset: record the zone's name (its DST rules) and the fold as well.
-    return msgpack.ExtType(_EXT_DATETIME_EXACT, f"{value.isoformat()}|{key or ''}|{value.fold}".encode())
+    return _ext(_EXT_DATETIME_EXACT, f"{value.isoformat()}|{key or ''}|{value.fold}".encode())
 
 
 def _decode_datetime_exact(data: bytes) -> _dt.datetime:
@@ -153,21 +162,21 @@ def _encode_subclass(value: object) -> Any:
     if isinstance(value, _dt.datetime):
         return _encode_datetime(value)
     if isinstance(value, _dt.date):
-        return msgpack.ExtType(_EXT_DATE, value.isoformat().encode("ascii"))
+        return _ext(_EXT_DATE, value.isoformat().encode("ascii"))
     if isinstance(value, Decimal):
-        return msgpack.ExtType(_EXT_DECIMAL, str(value).encode("ascii"))
+        return _ext(_EXT_DECIMAL, str(value).encode("ascii"))
     if isinstance(value, uuid.UUID):
-        return msgpack.ExtType(_EXT_UUID, value.bytes)
+        return _ext(_EXT_UUID, value.bytes)
     raise _unsupported(value)
 
 
 _ENCODERS: dict[type, Callable[[Any], Any]] = {
     tuple: lambda v: _pack_ext(_EXT_TUPLE, list(v)),
     int: _encode_bigint,
-    Decimal: lambda v: msgpack.ExtType(_EXT_DECIMAL, str(v).encode("ascii")),
+    Decimal: lambda v: _ext(_EXT_DECIMAL, str(v).encode("ascii")),
     _dt.datetime: _encode_datetime,
-    _dt.date: lambda v: msgpack.ExtType(_EXT_DATE, v.isoformat().encode("ascii")),
-    uuid.UUID: lambda v: msgpack.ExtType(_EXT_UUID, v.bytes),
+    _dt.date: lambda v: _ext(_EXT_DATE, v.isoformat().encode("ascii")),
+    uuid.UUID: lambda v: _ext(_EXT_UUID, v.bytes),
     bytearray: bytes,
     memoryview: bytes,
 }
@@ -304,6 +313,8 @@ def serialize_value(serdes: SerDes[Any] | None, value: Any, operation_id: str, e
     """
     chosen = serdes if serdes is not None else DEFAULT_SERDES
     try:
+        if type(chosen) is MsgpackSerDes:
+            return _pack(value)  # the hot path: the default ignores the context, so skip building it
         return chosen.serialize(value, SerDesContext(operation_id, execution_id))
     except (SerDesError, RetryableSerDesError):
         raise
@@ -322,6 +333,8 @@ def deserialize_value(serdes: SerDes[Any] | None, data: str | bytes, operation_i
     """
     chosen = serdes if serdes is not None else DEFAULT_SERDES
     try:
+        if type(chosen) is MsgpackSerDes and type(data) is bytes:
+            return _unpack(data)  # the hot path, as in serialize_value
         return chosen.deserialize(data, SerDesContext(operation_id, execution_id))
     except (SerDesError, RetryableSerDesError):
         raise

@@ -293,3 +293,18 @@ def test_large_result_counts() -> None:
     items = [BatchItem(i, S if i % 3 else F, i) for i in range(30_000)]
     r = BatchResult(items, CompletionReason.ALL_COMPLETED)
     assert (r.success_count, r.failure_count, r.started_count) == (20_000, 10_000, 0)
+
+
+def test_from_rows_builds_items_and_restores_the_gc() -> None:
+    import gc
+
+    items = BatchItem.from_rows([(0, S, 1, None), (1, F, None, ErrorObject("m", "T"))])
+    assert items == [BatchItem(0, S, 1), BatchItem(1, F, None, ErrorObject("m", "T"))]
+    assert all(type(item) is BatchItem for item in items)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        BatchItem.from_rows([(0, S, 1, None)])
+        assert not gc.isenabled()  # a collector the caller paused stays paused
+    finally:
+        gc.enable()
