@@ -101,6 +101,7 @@ class DurableContext:
         self._path = path
         self._counter = 0
         self._replaying: bool | None = None
+        self._replay_checked = -1  # the counter value is_replaying last looked ahead from
         self._rerun = False
         self._logger: Any = None
 
@@ -121,11 +122,16 @@ class DurableContext:
         return ExecutionContext(self._state.execution_id)
 
     def is_replaying(self) -> bool:
-        """True while this context is returning recorded outcomes rather than running new work."""
-        if self._replaying is None:
+        """True while this context is going again over code that an earlier run already ran: its
+        next operation is recorded. Once an operation of this context runs (or the recorded ones
+        run out), it is False for good."""
+        if self._replaying is False:
+            return False
+        if self._replay_checked != self._counter:
             raw = self._state.store().get(op_key(self._state.execution_id, (*self._path, self._counter + 1)))
+            self._replay_checked = self._counter
             self._replaying = raw is not None
-        return self._replaying
+        return bool(self._replaying)
 
     @property
     def logger(self) -> Any:
@@ -209,7 +215,9 @@ class DurableContext:
 def check_identity(record: Record, path: tuple[int, ...], kind: str, sub_type: str,
                    name: str | None) -> None:
     """Raise NonDeterministicExecutionError when the recorded operation is not this one."""
-    for what, recorded, current in (("type", record.kind, kind), ("sub_type", record.sub_type, sub_type),
+    # plain str (not the StrEnum) so the message shows 'STEP', not <Kind.STEP: 'STEP'>
+    for what, recorded, current in (("type", _plain(record.kind), _plain(kind)),
+                                    ("sub_type", _plain(record.sub_type), _plain(sub_type)),
                                     ("name", record.name or None, name or None)):
         if recorded != current:
             raise NonDeterministicExecutionError(
@@ -219,6 +227,10 @@ def check_identity(record: Record, path: tuple[int, ...], kind: str, sub_type: s
                 "(another execution_id, or `durablemap rm ID`).",
                 step_id=path_str(path),
             )
+
+
+def _plain(value: str | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def failed_again(record: Record, state: ExecutionState) -> bool:
