@@ -1,0 +1,287 @@
+"""The ``durablemap`` command (also ``python -m durablemap``): run a handler, and inspect a store.
+
+    run MODULE:HANDLER | path/file.py:HANDLER   run or resume an execution (exit 0 / 1 / 130)
+    ls | show ID | failures ID | export ID --map NAME                       read-only, no lock
+    rm ID | gc --older-than 7d                                              remove executions
+
+Every command finds the store as ``handler.run`` does: ``--store``, else ``$DURABLEMAP_STORE``, else
+``./.durablemap``. Read commands open it read-only and take no lock, so they work while a job writes
+the store and after a job was killed; ``--json`` gives their output for scripts. A missing store or
+an unknown execution id is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from durablemap import BatchResult
+from durablemap._execution import default_execution_id, default_store_path
+from durablemap._store import execution_prefix, path_str
+from durablemap.cli import _reader
+from durablemap.cli._load import load_handler
+from durablemap.cli._reader import CliError
+from durablemap.cli._render import render_executions, render_failures, render_tree
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _die(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    click.echo(f"durablemap: {message}", err=True)
+    sys.exit(code)
+
+
+def _store_option(func: F) -> F:
+    return click.option("--store", "store", metavar="DIR", default=None,
+                        help="The store directory (default: $DURABLEMAP_STORE, else ./.durablemap).")(func)
+
+
+def _json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(func)
+
+
+def _store_path(store: str | None) -> str:
+    return store or default_store_path()
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, default=str, indent=2))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="durablemap")
+def main() -> None:
+    """durablemap: run durable parallel batch jobs, and see what they did."""
+
+
+@main.command()
+@click.argument("handler_spec", metavar="MODULE:HANDLER")
+@click.option("--input", "input_json", metavar="JSON", default=None, help="The event, as JSON.")
+@click.option("--input-file", type=click.Path(dir_okay=False), default=None, help="A file holding the event as JSON.")
+@_store_option
+@click.option("--execution-id", default=None, help="Default: derived from the handler and the event.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: the CPUs).")
+@click.option("--retry-failed", is_flag=True, help="Run FAILED items and steps again.")
+@click.option("--executor", type=click.Choice(["loky", "inline"]), default=None, help="Where items run.")
+def run(handler_spec: str, input_json: str | None, input_file: str | None, store: str | None,
+        execution_id: str | None, workers: int | None, retry_failed: bool, executor: str | None) -> None:
+    """Run (or resume) the durable handler MODULE:HANDLER or path/file.py:HANDLER.
+
+    Prints the handler's result as JSON on stdout. Exit code 0 when it succeeded, 1 when it failed,
+    130 when interrupted (run the same command again to resume).
+    """
+    try:
+        handler = load_handler(handler_spec)
+        event = _read_event(input_json, input_file)
+    except CliError as exc:
+        _die(str(exc))
+    path = _store_path(store or (str(handler.store) if handler.store else None))
+    execution_id = execution_id or default_execution_id(handler.func, event)
+    where = f" --store {path}" if store else ""
+    click.echo(f"durablemap: execution {execution_id} (store {path})", err=True)
+    try:
+        result = handler.run(event, store=path, execution_id=execution_id, workers=workers,
+                             retry_failed=retry_failed, executor=executor)
+    except KeyboardInterrupt:
+        again = _again(input_json, input_file)
+        click.echo(f"durablemap: interrupted; resume with: durablemap run {handler_spec}{again}{where}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        click.echo(f"durablemap: execution {execution_id} failed: {type(exc).__name__}: {exc}", err=True)
+        click.echo(f"durablemap: see `durablemap failures {execution_id}{where}`; rerun failed work with "
+                   f"`durablemap run {handler_spec}{_again(input_json, input_file)}{where} --retry-failed`",
+                   err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(json.dumps(result.to_dict() if isinstance(result, BatchResult) else result, default=str))
+    click.echo(f"durablemap: execution {execution_id} succeeded; inspect with `durablemap show {execution_id}"
+               f"{where}`", err=True)
+
+
+def _again(input_json: str | None, input_file: str | None) -> str:
+    if input_file:
+        return f" --input-file {input_file}"
+    if input_json:
+        return f" --input '{input_json}'"
+    return ""
+
+
+def _read_event(input_json: str | None, input_file: str | None) -> Any:
+    if input_json is not None and input_file is not None:
+        raise CliError("give --input or --input-file, not both")
+    try:
+        if input_file is not None:
+            with open(input_file, encoding="utf-8") as file:
+                return json.load(file)
+        return json.loads(input_json) if input_json is not None else None
+    except OSError as exc:
+        raise CliError(f"cannot read --input-file: {exc}") from None
+    except ValueError as exc:
+        raise CliError(f"the input is not JSON: {exc}") from None
+
+
+@main.command(name="ls")
+@_store_option
+@_json_option
+def list_command(store: str | None, as_json: bool) -> None:
+    """List the executions of the store."""
+    try:
+        with _reader.open_store(_store_path(store)) as handle:
+            executions = _reader.list_executions(handle)
+    except CliError as exc:
+        _die(str(exc))
+    if as_json:
+        _echo_json([e.to_json() for e in executions])
+    else:
+        render_executions(executions)
+
+
+@main.command()
+@click.argument("execution_id")
+@_store_option
+@click.option("--items", "max_items", type=click.IntRange(min=0), default=10, show_default=True,
+              help="List at most this many items of each map (the rest are counted).")
+@_json_option
+def show(execution_id: str, store: str | None, max_items: int, as_json: bool) -> None:
+    """Show the tree of operations of execution ID."""
+    try:
+        with _reader.open_store(_store_path(store)) as handle:
+            execution = _reader.load_execution(handle, execution_id)
+            tree = _reader.operation_tree(handle, execution_id, max_items)
+    except CliError as exc:
+        _die(str(exc))
+    if as_json:
+        _echo_json({**execution.to_json(), "operations": [node.to_json() for node in tree]})
+    else:
+        render_tree(execution, tree)
+
+
+@main.command()
+@click.argument("execution_id")
+@_store_option
+@_json_option
+def failures(execution_id: str, store: str | None, as_json: bool) -> None:
+    """List each FAILED item of execution ID: map, index, name, error and traceback."""
+    try:
+        with _reader.open_store(_store_path(store)) as handle:
+            execution = _reader.load_execution(handle, execution_id, counts=False)
+            found = _reader.iter_failures(handle, execution_id)
+            if as_json:
+                _stream_json_list(f.to_json() for f in found)
+            else:
+                render_failures(execution, found)
+    except CliError as exc:
+        _die(str(exc))
+
+
+def _stream_json_list(rows: Iterator[dict[str, Any]]) -> None:
+    out = click.get_text_stream("stdout")
+    out.write("[")
+    for n, row in enumerate(rows):
+        out.write(("\n" if n == 0 else ",\n") + json.dumps(row, default=str))
+    out.write("\n]\n")
+
+
+@main.command()
+@click.argument("execution_id")
+@click.option("--map", "map_name", required=True, help="The map's name (or its operation id, e.g. 1).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("-o", "--output", type=click.File("w", encoding="utf-8", lazy=True), default="-",
+              help="Write here instead of stdout.")
+@_store_option
+def export(execution_id: str, map_name: str, fmt: str, output: Any, store: str | None) -> None:
+    """Export one record per recorded item of a map: index, status, result, error (streamed)."""
+    try:
+        with _reader.open_store(_store_path(store)) as handle:
+            _reader.load_execution(handle, execution_id, counts=False)
+            maps = _reader.find_maps(handle, execution_id, map_name)
+            if not maps:
+                raise CliError(f"execution {execution_id!r} has no map named {map_name!r}; "
+                               f"`durablemap show {execution_id}` lists its operations")
+            if len(maps) > 1:
+                ids = ", ".join(path_str(p) for p, _ in maps)
+                raise CliError(f"{len(maps)} maps are named {map_name!r} (operation ids {ids}); "
+                               "pass --map with the operation id")
+            rows = _reader.iter_items(handle, execution_id, maps[0][0])
+            _write_rows(rows, fmt, output)
+    except CliError as exc:
+        _die(str(exc))
+
+
+def _write_rows(rows: Iterator[dict[str, Any]], fmt: str, output: Any) -> None:
+    if fmt == "jsonl":
+        for row in rows:
+            output.write(json.dumps(row, default=str) + "\n")
+        return
+    writer = csv.writer(output)
+    writer.writerow(["index", "name", "status", "result", "error_type", "error_message"])
+    for row in rows:
+        error = row["error"] or {}
+        result = "" if row["result"] is None else json.dumps(row["result"], default=str)
+        writer.writerow([row["index"], row["name"] or "", row["status"], result,
+                         error.get("ErrorType", ""), error.get("ErrorMessage", "")])
+
+
+@main.command()
+@click.argument("execution_id")
+@_store_option
+@click.option("--force", is_flag=True, help="Remove it even if a live process is running it.")
+def rm(execution_id: str, store: str | None, force: bool) -> None:
+    """Remove execution ID and all its records."""
+    try:
+        with _reader.open_store(_store_path(store), readonly=False) as handle:
+            execution = _reader.load_execution(handle, execution_id, counts=False)
+            if execution.status == "RUNNING" and not force:
+                raise CliError(f"execution {execution_id!r} is being run by a live process; stop it "
+                               "first, or pass --force")
+            removed = _remove(handle, execution_id)
+    except CliError as exc:
+        _die(str(exc))
+    click.echo(f"removed execution {execution_id} ({removed} records)")
+
+
+def _remove(handle: Any, execution_id: str) -> int:
+    removed: int = handle.delete_prefix(execution_prefix(execution_id))
+    handle.index_delete("executions", execution_id.encode())
+    return removed
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _parse_duration(text: str) -> float:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if match is None:
+        raise click.BadParameter(f"{text!r} is not a duration like 30m, 12h, 7d or 2w")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@main.command()
+@click.option("--older-than", "older_than", required=True, metavar="DURATION",
+              help="Remove finished executions that ended longer ago than this (30m, 12h, 7d, 2w).")
+@_store_option
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+def gc(older_than: str, store: str | None, dry_run: bool) -> None:
+    """Remove finished (SUCCEEDED or FAILED) executions older than a duration. The space they took
+    is reused by the store for new records."""
+    cutoff = time.time() - _parse_duration(older_than)
+    try:
+        with _reader.open_store(_store_path(store), readonly=dry_run) as handle:
+            old = [e for e in _reader.list_executions(handle, counts=False)
+                   if e.status in ("SUCCEEDED", "FAILED") and (e.ended or e.started or 0.0) < cutoff]
+            for execution in old:
+                removed = 0 if dry_run else _remove(handle, execution.id)
+                verb = "would remove" if dry_run else f"removed ({removed} records)"
+                click.echo(f"{verb} {execution.id} [{execution.status}]")
+    except CliError as exc:
+        _die(str(exc))
+    click.echo(f"{len(old)} execution(s) {'to remove' if dry_run else 'removed'}", err=True)

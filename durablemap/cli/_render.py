@@ -1,0 +1,99 @@
+"""Text output of the read commands: plain columns and indented trees (easy to grep and diff)."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+
+import click
+
+from durablemap._store import path_str
+from durablemap.cli._reader import Execution, Failure, Node
+
+__all__ = ["format_duration", "render_executions", "render_failures", "render_tree"]
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_duration(seconds: float | None) -> str:
+    """``1.2s``, ``3m04s``, ``2h05m``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def render_executions(executions: list[Execution]) -> None:
+    """The ``ls`` table."""
+    if not executions:
+        click.echo("no executions")
+        return
+    header = ("ID", "HANDLER", "STATUS", "STARTED", "DURATION", "DONE", "FAILED")
+    rows = [(e.id, e.handler or "-", e.status, _when(e.started), format_duration(e.duration),
+             f"{e.done}/{e.total}", str(e.failed)) for e in executions]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def render_tree(execution: Execution, tree: list[Node]) -> None:
+    """The ``show`` tree."""
+    click.echo(f"execution {execution.id}  {execution.status}  handler {execution.handler or '-'}")
+    click.echo(f"  started {_when(execution.started)}  duration {format_duration(execution.duration)}  "
+               f"runs {execution.runs}  items {execution.done}/{execution.total} done, {execution.failed} failed")
+    if execution.error:
+        click.echo(f"  error {execution.error.get('ErrorType')}: {execution.error.get('ErrorMessage')}")
+    for node in tree:
+        _render_node(node, 1)
+
+
+def _render_node(node: Node, depth: int) -> None:
+    record = node.record
+    parts = [f"[{path_str(node.path)}]", record.sub_type or record.kind]
+    if record.name:
+        parts.append(repr(record.name))
+    parts.append(record.status)
+    if node.counts is not None:
+        done, failed, inputs = node.counts
+        parts.append(f"{done}/{inputs} done ({done - failed} succeeded, {failed} failed)")
+        if record.get("reason"):
+            parts.append(str(record.get("reason")))
+    meta = record.meta or {}
+    for key in ("duration", "attempt"):
+        if key in meta:
+            parts.append(f"{key} {meta[key]}")
+    for key, value in meta.items():
+        if isinstance(key, str) and ("peak" in key or "memory" in key):
+            parts.append(f"{key} {value}")
+    if record.error and record.status == "FAILED":
+        parts.append(f"{record.error.get('ErrorType')}: {record.error.get('ErrorMessage')}")
+    click.echo("  " * depth + " ".join(parts))
+    for child in node.children:
+        _render_node(child, depth + 1)
+    if node.hidden:
+        click.echo("  " * (depth + 1) + f"... {node.hidden} more items (show more with --items N)")
+
+
+def render_failures(execution: Execution, failures: Iterable[Failure]) -> None:
+    """The ``failures`` report, one block per failed item."""
+    count = 0
+    for failure in failures:
+        count += 1
+        error = failure.error
+        name = f" {failure.name!r}" if failure.name else ""
+        click.echo(f"map {failure.map_name!r} [{failure.map_id}] item {failure.index}{name}: "
+                   f"{error.get('ErrorType')}: {error.get('ErrorMessage')}")
+        for line in error.get("StackTrace") or []:
+            click.echo("    " + str(line).rstrip("\n").replace("\n", "\n    "))
+    click.echo(f"{count} failed item(s) in execution {execution.id} [{execution.status}]")
+    if execution.error and execution.status == "FAILED":
+        click.echo(f"execution error: {execution.error.get('ErrorType')}: {execution.error.get('ErrorMessage')}")
