@@ -383,7 +383,12 @@ class Coordinator:
                 for index in self.futures.pop(future):
                     self.codes[index] = _NEW
                     self.in_flight -= 1
-        deadline = time.monotonic() + float(self.state.settings.get("grace_seconds", _GRACE_SECONDS))
+        grace = float(self.state.settings.get("grace_seconds", _GRACE_SECONDS))
+        deadline = time.monotonic() + grace
+        if self.futures and not self.state.in_worker:
+            print(f"durablemap: interrupted; recording the {self.in_flight} items in flight of map "
+                  f"'{self.map_name}' (up to {grace:g} s). Press Ctrl-C again to stop now.",
+                  file=sys.stderr, flush=True)
         try:
             while self.futures and time.monotonic() < deadline:
                 self._collect(0.1)

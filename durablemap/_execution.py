@@ -94,7 +94,8 @@ class DurableFunction:
             store_path=store_handle.path, execution_id=execution_id, clock=clock or Clock(),
             retry_failed=retry_failed,
             executor=make_executor(executor or self.executor, workers or self.workers),
-            observers=Observers(observer_list))
+            observers=Observers(observer_list),
+            settings={"grace_seconds": _env_float("DURABLEMAP_GRACE_SECONDS", 5.0)})
         store_handle.acquire_lock(execution_id)
         try:
             with _sigterm_as_interrupt():
@@ -145,6 +146,16 @@ class DurableFunction:
         store.index_put("executions", state.execution_id.encode(), encode_record(Record(
             Kind.EXECUTION, status, meta.get("handler"), "Execution", None, None,
             {k: meta[k] for k in ("handler", "created", "started", "ended", "runs") if k in meta})))
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ValidationError(f"${name} must be a number of seconds, got {value!r}.") from None
 
 
 def make_executor(executor: Any, workers: int | None) -> Any:

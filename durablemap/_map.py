@@ -14,7 +14,14 @@ from durablemap._batch import BatchItem, BatchItemStatus, BatchResult, Completio
 from durablemap._completion import CompletionPolicy
 from durablemap._context import check_identity, failed_again
 from durablemap._coordinator import Coordinator, Prior
-from durablemap._errors import ChildContextError, ErrorObject, SerDesError, ValidationError
+from durablemap._errors import (
+    ChildContextError,
+    ErrorObject,
+    NonDeterministicExecutionError,
+    SerDesError,
+    ValidationError,
+)
+from durablemap._fingerprint import fingerprint
 from durablemap._observe import MapInfo
 from durablemap._records import Kind, Record, Status, decode_record, encode_record
 from durablemap._step import operation_name
@@ -97,7 +104,9 @@ def _run_batch(ctx: DurableContext, inputs: Sequence[Any], func: Callable[..., A
             ctx.mark_rerun()
         elif record.status == Status.FAILED:
             ErrorObject.from_dict(record.error or {}).raise_as_operation_error(ChildContextError)
-        else:
+        elif not config.recompute_changed_inputs:
+            if record.get("inputs") not in (None, len(inputs)):
+                raise _drift(path_str(path), name, f"it had {record.get('inputs')} inputs, now {len(inputs)}")
             return _replay(state, path, record, config)
     return _execute(ctx, path, record, inputs, func, name, config, sub_type, item_sub_type, namer)
 
@@ -126,13 +135,15 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
         raise fail(exc) from exc
     item_serdes = config.item_serdes or config.serdes
     executor = state.executor if (state.executor is not None and not state.in_worker) else InlineExecutor()
+    flat = config.nesting_type == NestingType.FLAT
     spec = MapSpec(int.from_bytes(os.urandom(8), "big") >> 1, state.for_worker(), path, func, inputs,
-                   item_serdes, config.nesting_type == NestingType.FLAT, item_sub_type, names)
+                   item_serdes, flat, item_sub_type, names, fingerprints=not flat)
     ref = executor.publish(spec)
     try:
         if record is None:
             put(Status.STARTED, meta={"inputs": len(inputs)})
-        prior = _read_prior(state, path, len(inputs), item_serdes, names, item_sub_type) if record else Prior()
+        prior = _read_prior(state, path, inputs, item_serdes, names, item_sub_type,
+                            config.recompute_changed_inputs) if record else Prior()
         predicate = config.completion_config.should_complete
         info = MapInfo(state.execution_id, op_id, name, len(inputs), len(path))
         coordinator = Coordinator(
@@ -187,17 +198,25 @@ def _record_result(result: BatchResult[Any], meta: dict[str, Any], config: MapCo
     return replayed
 
 
-def _read_prior(state: Any, path: tuple[int, ...], n: int, item_serdes: Any,
-                names: Sequence[str | None] | None, sub_type: str) -> Prior:
-    """The outcomes earlier runs recorded for this map's items (resume)."""
+def _read_prior(state: Any, path: tuple[int, ...], inputs: Sequence[Any], item_serdes: Any,
+                names: Sequence[str | None] | None, sub_type: str, recompute: bool) -> Prior:
+    """The outcomes earlier runs recorded for this map's items (resume). An item whose input
+    changed since its outcome was recorded raises NonDeterministicExecutionError, or with
+    ``recompute`` runs again."""
     prior = Prior()
     op_id = path_str(path)
+    n = len(inputs)
+    changed: list[int] = []
     for index, _key, raw in state.store().scan_children(op_key(state.execution_id, path)):
         if index >= n:
             continue  # the inputs shrank: items past the end are not part of this run
         record = decode_record(raw, f"item {index} of map '{op_id}'")
         check_identity(record, (*path, index), Kind.CONTEXT, sub_type,
                        names[index] if names is not None else record.name)
+        recorded_fp = record.get("fp")
+        if record.finished and recorded_fp is not None and recorded_fp != fingerprint(inputs[index]):
+            changed.append(index)
+            continue
         if record.status == Status.SUCCEEDED:
             value = _decode_item(item_serdes, record, op_id, index, state.execution_id)
             prior.items[index] = BatchItem(index, BatchItemStatus.SUCCEEDED, value, None)
@@ -206,7 +225,18 @@ def _read_prior(state: Any, path: tuple[int, ...], n: int, item_serdes: Any,
                                            ErrorObject.from_dict(record.error or {}))
         elif record.status == Status.STARTED:
             prior.crashes[index] = int(record.get("crashes", 0))
+    if changed and not recompute:
+        shown = ", ".join(map(str, changed[:5])) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise _drift(op_id, None, f"the inputs of items {shown} changed since their results were recorded")
     return prior
+
+
+def _drift(op_id: str, name: str | None, what: str) -> NonDeterministicExecutionError:
+    return NonDeterministicExecutionError(
+        f"Map '{name or op_id}' (operation {op_id}) cannot resume: {what}. Recorded results would not "
+        "match the new inputs. Pass MapConfig(recompute_changed_inputs=True) to run changed items "
+        "again, restore the old inputs, or start a new execution (another execution_id, or "
+        "`durablemap rm ID`).", step_id=op_id)
 
 
 def _decode_item(serdes: Any, record: Record, op_id: str, index: int, execution_id: str) -> Any:

@@ -30,6 +30,7 @@ from durablemap._errors import (
     SerDesError,
     error_type_name,
 )
+from durablemap._fingerprint import fingerprint
 from durablemap._records import Kind, Record, Status, encode_record
 from durablemap._slots import SlotWriter
 from durablemap._state import ExecutionState
@@ -130,20 +131,22 @@ def run_item(spec: MapSpec, index: int) -> bytes:
     state.item_index = index
     path = (*spec.path, index)
     name = spec.names[index] if spec.names is not None else None
+    item = spec.inputs[index]
+    meta = {"fp": fingerprint(item)} if spec.fingerprints else None
     try:
-        value = spec.func(DurableContext(state, path), spec.inputs[index], index, spec.inputs)
+        value = spec.func(DurableContext(state, path), item, index, spec.inputs)
     except (ExecutionError, InvocationError):
         raise
     except Exception as exc:
-        return _failed(spec, name, ErrorObject.from_exception(exc))
+        return _failed(spec, name, ErrorObject.from_exception(exc), meta)
     try:
         payload = serialize_value(spec.item_serdes, value, path_str(path), state.execution_id)
     except SerDesError as exc:
         return _failed(spec, name, ErrorObject.from_exception(SerDesError(
             f"The result of item {index} of map '{path_str(spec.path)}' cannot be serialized: {exc}",
-        )))
-    return encode_record(Record(Kind.CONTEXT, Status.SUCCEEDED, name, spec.sub_type, payload, None, None))
+        )), meta)
+    return encode_record(Record(Kind.CONTEXT, Status.SUCCEEDED, name, spec.sub_type, payload, None, meta))
 
 
-def _failed(spec: MapSpec, name: str | None, error: ErrorObject) -> bytes:
-    return encode_record(Record(Kind.CONTEXT, Status.FAILED, name, spec.sub_type, None, error.to_dict(), None))
+def _failed(spec: MapSpec, name: str | None, error: ErrorObject, meta: dict[str, Any] | None) -> bytes:
+    return encode_record(Record(Kind.CONTEXT, Status.FAILED, name, spec.sub_type, None, error.to_dict(), meta))
