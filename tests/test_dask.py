@@ -1,0 +1,288 @@
+"""The Dask executor on a LocalCluster with worker processes: the seed's examples give the same
+BatchResults as on loky, a lost worker's items run again, steps inside items travel back to the
+store, and a SIGKILLed coordinator resumes from the store."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import cloudpickle
+import dask
+import psutil
+import pytest
+
+from durablemap import DurableContext, StepContext, ValidationError, durable_execution, durable_step
+from durablemap._records import decode_record
+from durablemap._store import Store, decode_key, execution_prefix
+from durablemap.config import CompletionConfig, MapConfig
+
+distributed = pytest.importorskip("distributed")
+from durablemap.executors import DaskExecutor  # noqa: E402  (after the importorskip)
+
+pytestmark = [
+    # distributed's cluster shutdown can leave a socket or a loop resource for the garbage collector
+    # and warns about it, and about a restarted nanny; neither is durablemap's behaviour.
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.filterwarnings("ignore:.*[Nn]anny.*:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*[Pp]ort.*already in use.*:UserWarning"),
+]
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    """One cluster for the module. allowed-failures=0: a worker death reaches durablemap as
+    KilledWorker at once, instead of Dask retrying the task on its own first."""
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           dashboard_address=None)
+    # The cluster's nannies and workers (not multiprocessing's resource tracker, which lives as long
+    # as this process whatever the cluster does).
+    pids = {p.pid for p in psutil.Process().children(recursive=True)
+            if "resource_tracker" not in " ".join(p.cmdline())}
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid in pids and p.is_running()]
+    psutil.wait_procs(left, timeout=10)
+    assert not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.fixture
+def executor(client: Any) -> DaskExecutor:
+    return DaskExecutor(client)
+
+
+def load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    cloudpickle.register_pickle_by_value(module)  # workers cannot import a file loaded by path
+    return module
+
+
+# -- the seed's examples --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["01_square", "02_validate_email", "03_configured_map",
+                                  "04_max_concurrency", "06_steps_in_items", "07_inventory"])
+def test_examples_give_the_same_result_on_loky_and_dask(tmp_path: Path, executor: DaskExecutor, name: str) -> None:
+    handler = load_example(name).handler
+    on_loky = handler.run({}, store=tmp_path / "loky", workers=2, progress=False)
+    on_dask = handler.run({}, store=tmp_path / "dask", executor=executor, progress=False)
+    assert on_dask == on_loky
+    # A second run replays from the store, whichever executor ran the first.
+    assert handler.run({}, store=tmp_path / "dask", progress=False) == on_loky
+
+
+def test_completion_criteria_example_agrees_where_it_is_deterministic(tmp_path: Path, executor: DaskExecutor) -> None:
+    # Which items are still in flight when 15 have succeeded depends on timing; what finished must agree.
+    handler = load_example("05_completion_criteria").handler
+    on_loky = handler.run({}, store=tmp_path / "loky", workers=2, progress=False)
+    on_dask = handler.run({}, store=tmp_path / "dask", executor=executor, progress=False)
+    assert on_dask["completionReason"] in {"MIN_SUCCESSFUL_REACHED", "ALL_COMPLETED"}
+    finished = {e["index"]: e for e in on_loky["all"] if e["status"] != "STARTED"}
+    for entry in on_dask["all"]:
+        if entry["status"] != "STARTED" and entry["index"] in finished:
+            assert entry == finished[entry["index"]]
+    assert [e["index"] for e in on_dask["all"] if e["status"] == "FAILED"] == [0, 7, 14]
+    assert sum(e["status"] == "SUCCEEDED" for e in on_dask["all"]) >= 15
+
+
+# -- a lost worker ----------------------------------------------------------------------------------
+
+def exit_once(context: DurableContext, item: tuple[str, int], index: int, items: list[Any]) -> int:
+    directory = Path(item[0])
+    with open(directory / "ran.log", "a") as log:
+        log.write(f"{index}\n")
+    if index == 5 and not (directory / "crashed").exists():
+        (directory / "crashed").touch()
+        os._exit(3)
+    return item[1] * 10
+
+
+def test_killed_worker_reruns_its_items(tmp_path: Path, executor: DaskExecutor) -> None:
+    pids_before = set(executor.worker_pids())
+
+    @durable_execution
+    def handler(event: Any, context: DurableContext) -> Any:
+        return context.map([(str(tmp_path), i) for i in range(20)], exit_once).to_dict()
+
+    result = handler.run(None, store=tmp_path / "store", executor=executor, progress=False)
+    assert (tmp_path / "crashed").exists()
+    assert [e["status"] for e in result["all"]] == ["SUCCEEDED"] * 20
+    assert [e["result"] for e in result["all"]] == [i * 10 for i in range(20)]
+    ran = [int(line) for line in (tmp_path / "ran.log").read_text().split()]
+    assert ran.count(5) == 2
+    assert set(executor.worker_pids()) != pids_before  # the nanny replaced the dead worker
+
+
+# -- steps inside items -----------------------------------------------------------------------------
+
+@durable_step
+def fetch(step_context: StepContext, directory: str, item: int) -> int:
+    with open(Path(directory) / "fetch.log", "a") as log:
+        log.write(f"{item}\n")
+    return item + 100
+
+
+@durable_step
+def check(step_context: StepContext, directory: str, value: int) -> int:
+    if value == 103 and not (Path(directory) / "fixed").exists():
+        raise ValueError("not yet")
+    return value * 2
+
+
+def test_steps_inside_items_are_committed_and_replay_on_retry(tmp_path: Path, executor: DaskExecutor) -> None:
+    directory = str(tmp_path)
+    from durablemap.config import StepConfig
+    from durablemap.retries import RetryStrategyConfig, create_retry_strategy
+
+    no_retry = StepConfig(retry_strategy=create_retry_strategy(RetryStrategyConfig(max_attempts=1)))
+
+    def item_func(context: DurableContext, item: int, index: int, items: list[int]) -> int:
+        value = context.step(fetch(directory, item))
+        return context.step(check(directory, value), config=no_retry)
+
+    @durable_execution
+    def handler(event: Any, context: DurableContext) -> Any:
+        return context.map(list(range(6)), item_func, name="steps").to_dict()
+
+    store = tmp_path / "store"
+    first = handler.run(None, store=store, execution_id="steps", executor=executor, progress=False)
+    assert [e["status"] for e in first["all"]] == ["SUCCEEDED"] * 3 + ["FAILED"] + ["SUCCEEDED"] * 2
+    with Store.open(store, readonly=True) as reader:
+        steps = [decode_key(k)[1] for k, v in reader.scan(execution_prefix("steps"))
+                 if len(decode_key(k)[1]) == 3 and decode_record(v).status == "SUCCEEDED"]
+    assert len(steps) == 11  # two per item, but item 3's second step failed: the journal came back
+
+    (tmp_path / "fixed").touch()
+    second = handler.run(None, store=store, execution_id="steps", executor=executor, retry_failed=True,
+                         progress=False)
+    assert [e["result"] for e in second["all"]] == [(i + 100) * 2 for i in range(6)]
+    fetched = [int(line) for line in (tmp_path / "fetch.log").read_text().split()]
+    assert sorted(fetched) == list(range(6))  # item 3's first step replayed from the store on the worker
+
+
+# -- the map's contract on Dask ---------------------------------------------------------------------
+
+def test_unpicklable_inputs_raise_validation_error(tmp_path: Path, executor: DaskExecutor) -> None:
+    @durable_execution
+    def handler(event: Any, context: DurableContext) -> Any:
+        return context.map([1, threading.Lock()], exit_once)
+
+    with pytest.raises(ValidationError, match=r"inputs\[1\].*pickle"):
+        handler.run(None, store=tmp_path / "store", executor=executor, progress=False)
+
+
+def slow_square(context: DurableContext, item: int, index: int, items: list[int]) -> int:
+    if index > 0:
+        time.sleep(0.5)
+    return item * item
+
+
+def test_early_completion_returns_without_waiting_for_the_rest(tmp_path: Path, executor: DaskExecutor) -> None:
+    @durable_execution
+    def handler(event: Any, context: DurableContext) -> Any:
+        config = MapConfig(completion_config=CompletionConfig.first_successful())
+        return context.map(list(range(40)), slow_square, config=config).to_dict()
+
+    result = handler.run(None, store=tmp_path / "store", executor=executor, progress=False)
+    assert result["completionReason"] == "MIN_SUCCESSFUL_REACHED"
+    statuses = [e["status"] for e in result["all"]]
+    assert statuses.count("SUCCEEDED") >= 1
+    assert len(statuses) < 40  # items never started are absent
+
+
+# -- a SIGKILLed coordinator ------------------------------------------------------------------------
+
+SCRIPT = textwrap.dedent("""
+    import sys, time
+    from distributed import Client, LocalCluster
+    from durablemap import durable_execution
+    from durablemap.executors import DaskExecutor
+
+    LOG = sys.argv[2]
+
+    def work(context, item, index, items):
+        deadline = time.perf_counter() + 0.02
+        while time.perf_counter() < deadline:
+            pass
+        with open(LOG, "a") as log:
+            log.write(f"{index}\\n")
+        return item * 3
+
+    @durable_execution
+    def handler(event, context):
+        return context.map(list(range(300)), work, name="work").to_dict()
+
+    if __name__ == "__main__":
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \\
+                Client(cluster) as client:
+            result = handler.run(None, store=sys.argv[1], execution_id="killed", progress=False,
+                                 executor=DaskExecutor(client))
+        print(sum(e["status"] == "SUCCEEDED" for e in result["all"]))
+""")
+
+
+def recorded_items(store: Path) -> dict[int, Any]:
+    with Store.open(store, readonly=True) as reader:
+        records = {}
+        for key, value in reader.scan(execution_prefix("killed")):
+            path = decode_key(key)[1]
+            if len(path) == 2:
+                record = decode_record(value)
+                if record.status == "SUCCEEDED":
+                    records[path[1]] = record
+        return records
+
+
+def test_sigkill_of_the_coordinator_resumes_from_the_store(tmp_path: Path) -> None:
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    store, first_log, second_log = tmp_path / "store", tmp_path / "first.log", tmp_path / "second.log"
+    proc = subprocess.Popen([sys.executable, str(script), str(store), str(first_log)],
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if first_log.exists() and len(first_log.read_text().split()) >= 100:
+                break
+            time.sleep(0.05)  # polling for progress, not ordering
+        assert proc.poll() is None, proc.communicate()
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+        proc.communicate()
+    with pytest.raises(ProcessLookupError):  # nothing of the job's process group is left
+        for _ in range(100):
+            os.killpg(proc.pid, 0)
+            time.sleep(0.05)
+    recorded = recorded_items(store)
+    assert 0 < len(recorded) < 300
+
+    done = subprocess.run([sys.executable, str(script), str(store), str(second_log)],
+                          capture_output=True, text=True, timeout=90, check=True)
+    assert done.stdout.split()[-1] == "300"
+    final = recorded_items(store)
+    assert sorted(final) == list(range(300))
+    rerun = {int(line) for line in second_log.read_text().split()}
+    assert not rerun & set(recorded)  # no item whose result had been recorded ran again
+    assert rerun | set(recorded) == set(range(300))
