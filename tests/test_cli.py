@@ -195,3 +195,26 @@ def test_nested_tree_and_gc(env: dict[str, str]) -> None:
     assert "removed" in cli(env, "gc", "--older-than", "0s").stdout
     assert cli_json(env, "ls") == []
     assert cli(env, "gc", "--older-than", "soon", code=2).returncode == 2
+
+
+def test_read_commands_work_after_sigkill(env: dict[str, str]) -> None:
+    hold = Path(env["CLI_JOB_DIR"]) / "hold"
+    hold.touch()
+    job = subprocess.Popen([sys.executable, "-m", "durablemap", "run", BATCH, "--input", json.dumps({"n": N}),
+                            "--execution-id", "killed"], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_items(env, job, 10)
+        family = [job.pid, *(c.pid for c in psutil.Process(job.pid).children(recursive=True))]
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=30)
+    _, alive = psutil.wait_procs([p for p in map(_process, family) if p], timeout=30)
+    assert not alive
+    [row] = cli_json(env, "ls")
+    assert row["status"] == "STOPPED" and row["items"]["done"] >= 10
+    assert cli_json(env, "show", "killed")["operations"][0]["status"] == "STARTED"
+    assert len(cli(env, "export", "killed", "--map", "squares").stdout.splitlines()) == row["items"]["done"]
+    hold.unlink()
+    cli(env, "run", BATCH, "--input", json.dumps({"n": N}), "--execution-id", "killed", code=1)  # resumes
+    assert cli_json(env, "ls")[0]["items"]["done"] == N
