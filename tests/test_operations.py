@@ -614,3 +614,80 @@ def test_the_context_logger_is_silent_while_replaying(tmp_path: Path, caplog: py
     assert run(logging_handler, event, tmp_path, executor="inline") == "done"
     # what ran before is replayed silently; code after the last recorded operation logs again
     assert [r.getMessage() for r in caplog.records] == ["after second", "after third"]
+
+
+# -- more step and child-context semantics ---------------------------------------------------------
+
+
+def test_a_run_killed_while_a_retry_is_pending_resumes_with_the_next_attempt(tmp_path: Path) -> None:
+    event = {"log": str(tmp_path), "failures": 1, "error": ValueError,
+             "retry": {"max_attempts": 3, "initial_delay": Duration(20)}}
+    with pytest.raises(ExecutionError, match="simulated crash while waiting"):
+        run(retrying_map, event, tmp_path, clock=InterruptingClock())
+    step = records(tmp_path / "store", "test")["1/0/1"]
+    assert (step.status, step.get("attempt")) == ("PENDING", 1)
+    assert step.get("next_attempt") > 0
+    [entry] = run(retrying_map, event, tmp_path, clock=VirtualClock())
+    assert entry["result"] == "ok after 2"
+    assert calls(tmp_path) == ["attempt 0 1", "attempt 0 2"]
+
+
+def unserializable_item(context: DurableContext, item: str, index: int, items: Any) -> Any:
+    def make_set(step_context: StepContext) -> Any:
+        note(item, f"attempt {step_context.attempt}")
+        return {1, 2}
+
+    return context.step(make_set, name="make_set")
+
+
+@durable_execution
+def unserializable_map(event: dict[str, Any], context: DurableContext) -> list[Any]:
+    return context.map([event["log"]], unserializable_item).to_dict()["all"]
+
+
+def test_a_step_result_the_serdes_cannot_encode_fails_without_retry(tmp_path: Path) -> None:
+    [entry] = run(unserializable_map, {"log": str(tmp_path)}, tmp_path, clock=VirtualClock())
+    assert entry["status"] == "FAILED"
+    assert entry["error"]["ErrorType"] == "durablemap.SerDesError"
+    assert "set" in entry["error"]["ErrorMessage"]
+    assert calls(tmp_path) == ["attempt 1"]
+
+
+def test_a_step_returns_its_round_tripped_value_on_the_first_run_too(tmp_path: Path) -> None:
+    import decimal
+
+    @durable_execution
+    def handler(event: Any, context: DurableContext) -> Any:
+        value = context.step(lambda _: (decimal.Decimal("1.5"), b"raw", {1: "int key"}), name="typed")
+        return [type(v).__name__ for v in value], value
+
+    first = run(handler, None, tmp_path, executor="inline")
+    assert first[0] == ["Decimal", "bytes", "dict"]
+    assert run(handler, None, tmp_path, executor="inline") == first
+
+
+def big_block(log: str) -> Any:
+    def block(child: DurableContext) -> str:
+        note(log, "block body")
+
+        def piece(step_context: StepContext) -> str:
+            note(log, "piece step")
+            return "x" * 300_000
+
+        return child.step(piece)
+    return block
+
+
+@durable_execution
+def large_child(event: dict[str, Any], context: DurableContext) -> int:
+    return len(context.run_in_child_context(big_block(event["log"]), name="big"))
+
+
+def test_a_child_result_over_256_kib_is_rebuilt_by_running_the_block_again(tmp_path: Path) -> None:
+    event = {"log": str(tmp_path)}
+    assert run(large_child, event, tmp_path, executor="inline") == 300_000
+    child = records(tmp_path / "store", "test")["1"]
+    assert (child.status, child.payload, child.get("replay_children")) == ("SUCCEEDED", None, True)
+    assert run(large_child, event, tmp_path, executor="inline") == 300_000
+    # the block ran again on replay; the step inside it replayed
+    assert calls(tmp_path) == ["block body", "piece step", "block body"]
