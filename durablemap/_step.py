@@ -107,7 +107,8 @@ def _run_attempts(ctx: DurableContext, func: Callable[[StepContext], T], name: s
             if at_most_once:
                 put(Status.STARTED, attempt=attempt)
             try:
-                value = func(StepContext(attempt, ContextLogger(ctx, {"operationName": name, "attempt": attempt})))
+                logger = ContextLogger(ctx, {"operationId": op_id, "operationName": name, "attempt": attempt})
+                value = func(StepContext(attempt, logger))
             except ExecutionError:
                 raise
             except Exception as exc:

@@ -609,6 +609,7 @@ def test_the_context_logger_is_silent_while_replaying(tmp_path: Path, caplog: py
         run(logging_handler, event, tmp_path, executor="inline")
     assert [r.getMessage() for r in caplog.records] == ["before first", "between", "after second"]
     assert caplog.records[0].executionArn == "test"
+    assert caplog.records[0].operationId == ""
     caplog.clear()
     (tmp_path / "go").touch()
     assert run(logging_handler, event, tmp_path, executor="inline") == "done"
@@ -691,3 +692,20 @@ def test_a_child_result_over_256_kib_is_rebuilt_by_running_the_block_again(tmp_p
     assert run(large_child, event, tmp_path, executor="inline") == 300_000
     # the block ran again on replay; the step inside it replayed
     assert calls(tmp_path) == ["block body", "piece step", "block body"]
+
+
+def test_a_step_logger_names_the_step_and_its_attempt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    @durable_execution
+    def handler(event: Any, context: DurableContext) -> None:
+        def talk(step_context: StepContext) -> None:
+            step_context.logger.info("attempt %d", step_context.attempt)
+            if step_context.attempt < 2:
+                raise ValueError("again")
+
+        context.wait(1)
+        context.step(talk, name="talk", config=StepConfig(retry_strategy=RetryPresets.critical()))
+
+    caplog.set_level(logging.INFO, logger="durablemap.context")
+    run(handler, None, tmp_path, executor="inline", clock=VirtualClock())
+    assert [(r.getMessage(), r.operationId, r.operationName, r.attempt) for r in caplog.records] == [
+        ("attempt 1", "2", "talk", 1), ("attempt 2", "2", "talk", 2)]
