@@ -456,7 +456,7 @@ def test_child_context_inside_an_item(tmp_path: Path) -> None:
 
 
 def leaf(context: DurableContext, item: dict[str, Any], index: int, items: Any) -> int:
-    note(item["log"], f"leaf {item['path']}")
+    note(item["log"], f"leaf {item['path']} pid {os.getpid()}")
 
     def square(step_context: StepContext) -> int:
         note(item["log"], f"square {item['path']}")
@@ -472,7 +472,7 @@ def middle(context: DurableContext, item: dict[str, Any], index: int, items: Any
 
 
 def outer(context: DurableContext, item: dict[str, Any], index: int, items: Any) -> int:
-    note(item["log"], f"outer {index}")
+    note(item["log"], f"outer {index} pid {os.getpid()}")
     inner = [{"log": item["log"], "value": 10 * index + j, "path": f"{index}.{j}"} for j in range(2)]
     return sum(context.map(inner, middle).get_results())
 
@@ -493,6 +493,10 @@ def test_a_nested_map_two_levels_deep(tmp_path: Path) -> None:
     assert sorted(line for line in lines if line.startswith("square")) == sorted(
         f"square {i}.{j}.{k}" for i in range(2) for j in range(2) for k in range(3))
     assert len(lines) == 2 + 4 + 12 + 12
+    # nested items run inside the worker of their outer item: no pool per worker, no other process
+    pid_of = {line.split()[1]: line.split()[-1] for line in lines if line.startswith(("outer", "leaf"))}
+    for path, pid in pid_of.items():
+        assert pid == pid_of[path.split(".")[0]] != str(os.getpid())
     recs = records(tmp_path / "store", "test")
     # ids: outer map 1, its item i is 1/i, the map inside it 1/i/1, its item j 1/i/1/j, and so on
     leaf_steps = sorted(op for op, r in recs.items() if r.kind == "STEP")
