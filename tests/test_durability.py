@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import textwrap
@@ -83,3 +84,67 @@ def test_sigkill_mid_map_then_resume(tmp_path: Path, target: str) -> None:
         assert runs.count(index) == 1, f"item {index} was recorded before the kill but ran again"
     # Items that ran but were not yet recorded may run twice; nothing runs three times.
     assert max(runs.count(i) for i in range(300)) <= 2
+
+
+STEPS_JOB = textwrap.dedent('''
+    import json, sys, time
+    from durablemap import durable_execution, durable_step
+    from durablemap.config import MapConfig
+
+    LOG, STORE = sys.argv[1], sys.argv[2]
+
+    @durable_step
+    def fetch(step_context, index):
+        return {"index": index, "raw": index * 3}
+
+    @durable_step
+    def transform(step_context, row):
+        return {"index": row["index"], "value": row["raw"] + 1, "tags": (row["index"] % 3, "t")}
+
+    def work(context, item, index, items):
+        with open(LOG, "a") as fh:
+            fh.write(f"{index}\\n")
+        row = context.step(fetch(index))
+        time.sleep(0.005)
+        return context.step(transform(row))
+
+    @durable_execution
+    def handler(event, context):
+        result = context.map(list(range(500)), work, name="rows", config=MapConfig(max_concurrency=4))
+        return result
+
+    if __name__ == "__main__":
+        out = handler.run(None, store=STORE, execution_id="steps", workers=2, progress=False)
+        print(json.dumps(out.to_dict(), default=list))
+''')
+
+
+def test_repeated_sigkill_of_a_map_with_steps_converges(tmp_path: Path) -> None:
+    script = tmp_path / "job.py"
+    script.write_text(STEPS_JOB)
+    # The reference: one uninterrupted run.
+    reference = start(script, str(tmp_path / "ref.log"), str(tmp_path / "ref-store"))
+    expected, err = reference.communicate(timeout=120)
+    assert reference.returncode == 0, err.decode()
+
+    log, store = tmp_path / "items.log", tmp_path / "store"
+    kills = 0
+    for threshold in (100, 250, 400):
+        proc = start(script, str(log), str(store))
+        wait_for(lambda t=threshold, p=proc: len(log_lines(log)) >= t or p.poll() is not None,
+                 what=f"{threshold} items")
+        if proc.poll() is None:
+            kill_group(proc, signal.SIGKILL)
+            assert_no_survivors(proc.pid)
+            kills += 1
+        else:
+            proc.communicate()
+    final = start(script, str(log), str(store))
+    out, err = final.communicate(timeout=120)
+    assert final.returncode == 0, err.decode()
+    assert out == expected, [e for e in json.loads(out)["all"] if e["status"] != "SUCCEEDED"]
+    assert kills >= 2
+    # At most max_concurrency=4 items were in flight at each kill: only those can have run twice.
+    executions = log_lines(log)
+    assert set(executions) == set(range(500))
+    assert len(executions) - 500 <= 4 * kills
