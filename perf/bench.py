@@ -20,8 +20,9 @@ on three cases:
 (c) 2,000 items that sleep 10 ms, on 16 workers (``--quick``: 200): the ideal is 16 items per 10 ms,
     and the table gives each library's fraction of it.
 
-Every pool is started and warmed up before its timed run, and that start-up is its own column. For
-durablemap the start-up is a first small run on a throwaway store. Each case ends with the peak RSS of
+Every pool is started and warmed up (2 N items of 20 ms, so that every worker is up) before its timed
+run, and that start-up is its own column. For durablemap the start-up is a first run of 2 N items
+of 10 ms on a throwaway store. Each case ends with the peak RSS of
 this process. A library that is missing or raises prints its error in its row, and the others go on.
 """
 
@@ -57,6 +58,7 @@ SLEEP_SECONDS = 0.01
 CPU_SECONDS = 0.005
 LOKY_CHUNK_CAP = 4096
 SLEEP_WORKERS = 16
+WARMUP_SECONDS = 0.02
 
 # --------------------------------------------------------------------------- work functions
 # Peers take ``(x)``; durablemap map functions take ``(context, item, index, items)``. All are
@@ -79,6 +81,12 @@ def burn(iterations: int) -> int:
 def nap(x: int) -> int:
     """The I/O-like item: sleep 10 ms."""
     time.sleep(SLEEP_SECONDS)
+    return x
+
+
+def warm(x: int) -> int:
+    """The warm-up item: long enough (20 ms) that every worker of the pool must take one."""
+    time.sleep(WARMUP_SECONDS)
     return x
 
 
@@ -235,7 +243,7 @@ def run_durablemap(case: Case, expected: int, tmp: Path, timeout: int) -> tuple[
         return row, None
     store = tmp / f"store-{case.key}"
     warm_store = tmp / f"warmup-{case.key}"
-    warm_event = {"kind": "tiny", "n": 4 * case.workers, "case": f"warmup-{case.key}"}
+    warm_event = {"kind": "sleep", "n": 2 * case.workers, "case": f"warmup-{case.key}"}
 
     def run() -> int:
         out = bench_handler.run(case.event, store=str(store), workers=case.workers, progress=False)
@@ -259,7 +267,7 @@ def run_multiprocessing(case: Case, expected: int, timeout: int) -> Row:
     def start() -> None:
         nonlocal pool
         pool = multiprocessing.Pool(case.workers)
-        pool.map(square, range(4 * case.workers), chunksize=1)
+        pool.map(warm, range(2 * case.workers), chunksize=1)
 
     try:
         if startup(row, start, timeout):
@@ -285,7 +293,7 @@ def run_loky(case: Case, expected: int, timeout: int) -> Row:
     def start() -> None:
         nonlocal executor
         executor = get_reusable_executor(max_workers=case.workers)
-        list(executor.map(square, range(4 * case.workers)))
+        list(executor.map(warm, range(2 * case.workers)))
 
     if startup(row, start, timeout):
         measure(row, case, expected,
@@ -303,7 +311,7 @@ def run_joblib(case: Case, expected: int, timeout: int) -> Row:
         row.error = f"import failed: {exc}"
         return row
     with Parallel(n_jobs=case.workers) as parallel:
-        if startup(row, lambda: parallel(delayed(square)(i) for i in range(4 * case.workers)), timeout):
+        if startup(row, lambda: parallel(delayed(warm)(i) for i in range(2 * case.workers)), timeout):
             func = case.peer_func
             measure(row, case, expected, lambda: parallel(delayed(func)(x) for x in case.items), timeout)
     return row
