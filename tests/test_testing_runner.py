@@ -274,8 +274,9 @@ def test_crash_at_a_random_point_is_reproducible_from_the_seed() -> None:
     assert again.problems() == []
 
 
-def test_crash_killing_one_worker_reruns_only_its_unrecorded_work() -> None:
-    report = crash_test(pipeline, {"items": list(range(6))}, after=3, kill="worker")
+@pytest.mark.parametrize("after", [3, None])
+def test_crash_killing_one_worker_reruns_only_its_unrecorded_work(after: int | None) -> None:
+    report = crash_test(pipeline, {"items": list(range(6))}, after=after, kill="worker", seed=5)
     assert report.crashed
     assert report.resumed_result == [2 * i + 1 for i in range(6)]
     assert report.ran_twice == {}

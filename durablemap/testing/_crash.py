@@ -39,7 +39,7 @@ import psutil
 from durablemap._errors import ErrorObject, SerDesError, ValidationError
 from durablemap._records import Record, Status, decode_record
 from durablemap._store import Store, decode_key, execution_prefix, op_key, path_str
-from durablemap.lambda_service import OperationStatus
+from durablemap.lambda_service import OperationStatus, OperationSubType
 from durablemap.serdes import deserialize_value
 from durablemap.testing._runner import DurableFunctionTestResult, DurableTestRunner, InvocationStatus, _Snapshot
 
@@ -49,6 +49,7 @@ _PLAN_ENV = "DURABLEMAP_CRASH_PLAN"
 _EXECUTION_ID = "durablemap-crash-test"
 _KILL_MODES = ("job", "worker")
 _FINISHED = (Status.SUCCEEDED, Status.FAILED)
+_ITEM_SUB_TYPES = (OperationSubType.MAP_ITERATION, OperationSubType.PARALLEL_BRANCH)
 
 
 @dataclass
@@ -123,7 +124,8 @@ def crash_test(handler: Any, event: Any = None, *, after: int | None = None, kil
                seed: int | None = None, workers: int | None = None, executor: str | None = None,
                real_time: bool = False, timeout: float = 120.0, check: bool = True) -> CrashReport:
     """Run ``handler`` on ``event`` uninterrupted, then again with a kill after the ``after``-th
-    recorded operation (random when None, from ``seed``), resume it, and compare.
+    recorded operation (random when None, from ``seed``; with ``kill="worker"`` among the operations
+    inside map items), resume it, and compare.
 
     ``kill="job"`` SIGKILLs the coordinator and all its workers, like a power loss or ``kill -9``;
     ``kill="worker"`` SIGKILLs only the worker process whose commit was the ``after``-th or a later
@@ -133,6 +135,8 @@ def crash_test(handler: Any, event: Any = None, *, after: int | None = None, kil
     """
     if kill not in _KILL_MODES:
         raise ValidationError(f"kill must be one of {_KILL_MODES}, got {kill!r}.")
+    if kill == "worker" and executor == "inline":
+        raise ValidationError("kill='worker' needs worker processes; executor='inline' has none.")
     spec = handler_spec(handler)
     workdir = tempfile.mkdtemp(prefix="durablemap-crash-")
     try:
@@ -140,10 +144,14 @@ def crash_test(handler: Any, event: Any = None, *, after: int | None = None, kil
             cloudpickle.dump(event, fh)
         base: dict[str, Any] = {"handler": spec, "event_file": os.path.join(workdir, "event.pkl"), "workers": workers,
                 "executor": executor, "real_time": real_time, "execution_id": _EXECUTION_ID}
-        ref_status, ref_value, total = _reference(spec, event, workers, executor, real_time, timeout)
-        if total < 1:
-            raise ValidationError(f"{spec} recorded no operation on {event!r}: there is nothing to crash after.")
-        n = after if after is not None else random.Random(seed).randint(1, total)
+        ref_status, ref_value, total, in_items = _reference(spec, event, workers, executor, real_time, timeout)
+        # A worker commits only the operations inside items; N at most their count is sure to be
+        # reached by a worker's commit.
+        limit = in_items if kill == "worker" else total
+        if limit < 1:
+            what = "operation inside a map item or parallel branch" if kill == "worker" else "operation"
+            raise ValidationError(f"{spec} recorded no {what} on {event!r}: there is nothing to crash after.")
+        n = after if after is not None else random.Random(seed).randint(1, limit)
         if not 1 <= n <= total:
             raise ValidationError(f"after={n}, but an uninterrupted run of {spec} records {total} operations.")
         crashed: dict[str, Any] = dict(base, store=os.path.join(workdir, "crashed"),
@@ -229,13 +237,17 @@ def _read_execution(store_path: str) -> tuple[Store, Record]:
 
 
 def _reference(spec: str, event: Any, workers: int | None, executor: str | None, real_time: bool,
-               timeout: float) -> tuple[InvocationStatus, Any, int]:
-    """Run the handler uninterrupted, in this process: its outcome and how many operations it records."""
+               timeout: float) -> tuple[InvocationStatus, Any, int, int]:
+    """Run the handler uninterrupted, in this process: its outcome, how many operations it records,
+    and how many of those are inside map items or parallel branches (a worker records those)."""
     with DurableTestRunner(_resolve(spec), workers=workers, executor=executor, real_time=real_time) as runner:
         run = runner.run(event, timeout=timeout)
     status, value = _outcome(run._snapshot.records[()])
     done = (OperationStatus.SUCCEEDED, OperationStatus.FAILED)
-    return status, value, sum(op.status in done for op in run.get_all_operations())
+    finished = [op for op in run.get_all_operations() if op.status in done]
+    items = {op.path for op in run.get_all_operations() if op.sub_type in _ITEM_SUB_TYPES}
+    in_items = sum(any(op.path[:i] in items for i in range(1, len(op.path))) for op in finished)
+    return status, value, len(finished), in_items
 
 
 def _resolve(spec: str) -> Any:
