@@ -4,8 +4,6 @@ Run it: ``python examples/04_max_concurrency.py``. Prints 100 fetched URLs; at m
 flight at any time. (The seed's snippet omitted its top-level imports; they are added here.)
 """
 
-# ruff: noqa: I001  (the seed's code is kept as written, import order included)
-
 from durablemap import DurableContext, durable_execution
 from durablemap.config import MapConfig
 

@@ -32,6 +32,7 @@ import hashlib
 import random
 import sys
 import time
+from collections.abc import Sequence
 from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -115,7 +116,7 @@ def file_sha256(path: Path) -> str:
 
 
 def transform_order(
-    context: DurableContext, row: dict[str, str], index: int, rows: list[dict[str, str]]
+    context: DurableContext, row: dict[str, str], index: int, rows: Sequence[dict[str, str]]
 ) -> dict[str, str]:
     """Parse and validate one order and add its EUR total; raise ``ValueError`` for a bad row."""
     time.sleep(SIMULATED_IO_SECONDS)  # stands in for an API call or a database look-up
@@ -169,7 +170,7 @@ def write_outputs(
         clean_writer.writeheader()
         rejects_writer.writeheader()
         for item in batch.results:
-            if item.status == "SUCCEEDED":
+            if item.status == "SUCCEEDED" and item.result is not None:
                 clean_writer.writerow(item.result)
                 clean += 1
             elif item.status == "FAILED":

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 try:
     from durablemap import DurableContext, durable_execution
@@ -121,7 +121,7 @@ if durable_execution is not None:
     def bench_handler(event: dict[str, Any], context: DurableContext) -> dict[str, int]:
         """The benchmarked handler: one map over the case's items."""
         batch = context.map(make_items(event), DM_FUNCS[event["kind"]])
-        results = batch.get_results()
+        results = cast(list[int], batch.get_results())
         return {"succeeded": len(results), "failed": batch.failure_count, "checksum": checksum(results)}
 
 
