@@ -26,9 +26,8 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
-
-import msgpack
 
 from durablemap._batch import BatchItem, BatchItemStatus, CompletionReason
 from durablemap._completion import CompletionPolicy
@@ -37,9 +36,9 @@ from durablemap._errors import (
     ExecutionError,
     ItemTimeoutError,
     NonDeterministicExecutionError,
-    SerDesError,
     WorkerCrashedError,
 )
+from durablemap._memory import MemoryLimits, MemoryMonitor, ignore_recycling_warning
 from durablemap._observe import MapInfo, Observers
 from durablemap._records import Kind, Record, Status, encode_record
 from durablemap._state import ExecutionState
@@ -47,16 +46,28 @@ from durablemap._store import op_key
 from durablemap._worker import ChunkResult, MapSpec
 from durablemap.config import CompletionDecision, CompletionItemStatus, CompletionStatus
 from durablemap.executors._base import Executor
-from durablemap.serdes import deserialize_value
 
 __all__ = ["Coordinator", "MapOutcome", "Prior"]
 
 _NEW, _RUNNING, _DONE = 0, 1, 2
 _NOT_NEW = re.compile(rb"[^\x00]")
 _CHUNK_SECONDS = 0.05  # target duration of one chunk: large enough to hide dispatch costs
-_MAX_CHUNK = 4096
+_MAX_CHUNK = 16384
 _GRACE_SECONDS = 5.0
-_STATUS = {"SUCCEEDED": BatchItemStatus.SUCCEEDED, "FAILED": BatchItemStatus.FAILED}
+_DONE_RUN = bytes([_DONE]) * _MAX_CHUNK  # codes of a finished chunk, sliced
+
+
+def _items(result: ChunkResult) -> list[BatchItem[Any]]:
+    """The BatchItems of a chunk result."""
+    errors = result.errors or {}
+    items = []
+    for position, (index, value) in enumerate(zip(result.indexes, result.values, strict=False)):
+        error = errors.get(position)
+        if error is None:
+            items.append(BatchItem(index, BatchItemStatus.SUCCEEDED, value, None))
+        else:
+            items.append(BatchItem(index, BatchItemStatus.FAILED, None, ErrorObject.from_dict(error)))
+    return items
 
 
 @dataclass
@@ -85,7 +96,7 @@ class Coordinator:
                  policy: CompletionPolicy, predicate: Callable[[CompletionStatus], CompletionDecision] | None,
                  max_concurrency: int | None, item_timeout: float | None, max_crashes: int,
                  names: Sequence[str | None] | None, prior: Prior, info: MapInfo,
-                 observers: Observers | None) -> None:
+                 observers: Observers | None, memory: MemoryLimits | None = None) -> None:
         self.state, self.executor, self.spec, self.ref = state, executor, spec, ref
         self.policy, self.predicate = policy, predicate
         self.n = n = len(spec.inputs)
@@ -116,6 +127,10 @@ class Coordinator:
         self.store = state.store()
         self.prefix = op_key(state.execution_id, spec.path)
         self.map_name = info.name or "/".join(map(str, spec.path))
+        self._init_memory(memory)
+        # With no completion criterion only "all done" ends the map: results are counted a chunk at
+        # a time instead of one by one.
+        self.bulk = predicate is None and not policy.has_criteria
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> MapOutcome:
@@ -176,7 +191,10 @@ class Coordinator:
     def _dispatch(self) -> None:
         while (len(self.futures) < self.max_chunks and self.in_flight < self.max_in_flight
                and self.reason is None):
-            indexes = self._take(min(self._chunk_size(), self.max_in_flight - self.in_flight))
+            size = min(self._chunk_size(), self.max_in_flight - self.in_flight)
+            if self.memory is not None and not (size := self._admit(size)):
+                return  # over the memory budget: wait for items in flight to finish
+            indexes = self._take(size)
             if not indexes:
                 return
             for index in indexes:
@@ -219,47 +237,45 @@ class Coordinator:
 
     def _absorb(self, results: list[tuple[Sequence[int], ChunkResult]]) -> None:
         """Commit a batch of chunk results in one transaction, then count them."""
-        writes: list[tuple[bytes, bytes]] = []
-        finished: list[BatchItem[Any]] = []
         fatal: dict[str, Any] | None = None
-        flat = self.spec.flat
+        if not self.spec.flat:
+            writes: list[tuple[bytes, bytes]] = []
+            for _, result in results:
+                writes.extend(zip(result.keys, result.records, strict=True))
+            if writes:
+                self.store.put_many(writes)
+        finished: list[BatchItem[Any]] = []
         for indexes, result in results:
-            if result.records:
-                self.per_item = result.elapsed / len(result.records)
-            for index, encoded in result.records:
-                item, stored = self._decode(index, encoded)
-                finished.append(item)
-                if not flat:
-                    writes.append((self.prefix + index.to_bytes(4, "big"), stored))
+            if result.values:
+                self.per_item = result.elapsed / len(result.values)
             if result.fatal is not None:
                 fatal = result.fatal
-                ran = {index for index, _ in result.records}
-                for index in indexes:
-                    if index not in ran:
-                        self.codes[index] = _NEW
-                        self.in_flight -= 1
-        if writes:
-            self.store.put_many(writes)
-        self._finish(finished)
+                for index in indexes[len(result.values):]:
+                    self.codes[index] = _NEW
+                    self.in_flight -= 1
+            if self.bulk and result.errors is None and isinstance(result.indexes, range):
+                self._finish_range(result.indexes, result.values)
+            else:
+                finished.extend(_items(result))
+        if finished:
+            self._finish(finished)
         if fatal is not None:
             nondeterministic = fatal["type"].endswith("NonDeterministicExecutionError")
             cls = NonDeterministicExecutionError if nondeterministic else ExecutionError
             raise cls(f"Item {fatal['index']} of map '{self.map_name}': {fatal['message']}")
 
-    def _decode(self, index: int, raw: bytes) -> tuple[BatchItem[Any], bytes]:
-        fields = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-        status = fields[1]
-        if status == "SUCCEEDED":
-            try:
-                value = deserialize_value(self.spec.item_serdes, fields[4], self.info.operation_id,
-                                          self.state.execution_id)
-            except SerDesError as exc:
-                error = ErrorObject.from_exception(exc)
-                raw = encode_record(Record(Kind.CONTEXT, Status.FAILED, fields[2], fields[3], None,
-                                           error.to_dict(), None))
-                return BatchItem(index, BatchItemStatus.FAILED, None, error), raw
-            return BatchItem(index, BatchItemStatus.SUCCEEDED, value, None), raw
-        return BatchItem(index, _STATUS[status], None, ErrorObject.from_dict(fields[5])), raw
+    def _finish_range(self, indexes: range, values: list[Any]) -> None:
+        """Count a contiguous run of SUCCEEDED items at once (no criterion can stop the map early)."""
+        start, stop = indexes.start, indexes.stop
+        count = stop - start
+        self.items[start:stop] = BatchItem.from_rows(
+            zip(indexes, repeat(BatchItemStatus.SUCCEEDED), values, repeat(None)))
+        self.codes[start:stop] = _DONE_RUN[:count]
+        self.in_flight -= count
+        self.succeeded += count
+        self._check()
+        if self.observers:
+            self.observers.call("items_finished", self.info, count, 0)
 
     def _finish(self, finished: list[BatchItem[Any]]) -> None:
         succeeded = failed = 0
@@ -354,6 +370,32 @@ class Coordinator:
             Kind.CONTEXT, Status.FAILED, name, self.spec.sub_type, None, error.to_dict(),
             {"crashes": self.crashes.get(index, 0)}))))
         return BatchItem(index, BatchItemStatus.FAILED, None, error)
+
+    # -- memory ------------------------------------------------------------------------------
+    def _init_memory(self, limits: MemoryLimits | None) -> None:
+        """Start the memory monitor (top-level maps on local workers). With a budget, no chunk
+        waits in the pool's queue: each dispatch decision is taken when a worker is free."""
+        self.memory: MemoryMonitor | None = None
+        if limits is None or self.state.in_worker:
+            return
+        self.memory = MemoryMonitor(self.executor, limits, self.map_name, owner=self)
+        self._done_at_start = self.succeeded + self.failed
+        if limits.budget:
+            self.max_chunks = min(self.max_chunks, max(self.executor.workers, 1))
+        if limits.worker_limit:
+            ignore_recycling_warning()
+
+    def _admit(self, size: int) -> int:
+        assert self.memory is not None
+        finished = self.succeeded + self.failed > self._done_at_start
+        return self.memory.admit(size, len(self.futures), finished)
+
+    def memory_meta(self) -> dict[str, Any]:
+        """The map's memory figures for its record (empty without a monitor); stops the monitor."""
+        if self.memory is None:
+            return {}
+        self.memory.stop()
+        return self.memory.meta()
 
     def _watch(self) -> None:
         """Kill workers whose item ran past item_timeout, keeping the item's stack first."""

@@ -14,8 +14,11 @@ __all__ = ["fingerprint"]
 _CONTEXT = SerDesContext()
 
 
-def fingerprint(value: Any) -> bytes:
-    """8 bytes that change when ``value`` changes (msgpack encoding, else pickle, else repr)."""
+def fingerprint(value: Any) -> bytes | int:
+    """A small value that changes when ``value`` changes: a machine-sized int stands for itself,
+    anything else gives 8 bytes of digest (of its msgpack encoding, else pickle, else repr)."""
+    if type(value) is int and -(2**63) <= value < 2**63:
+        return value
     try:
         data = DEFAULT_SERDES.serialize(value, _CONTEXT)
     except Exception:

@@ -6,9 +6,13 @@ need to run at all, and records the outcome.
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import Callable, Sequence
+import struct
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgpack
 
 from durablemap._batch import BatchItem, BatchItemStatus, BatchResult, CompletionReason
 from durablemap._completion import CompletionPolicy
@@ -19,17 +23,19 @@ from durablemap._errors import (
     ErrorObject,
     NonDeterministicExecutionError,
     SerDesError,
+    StoreError,
     ValidationError,
 )
 from durablemap._fingerprint import fingerprint
+from durablemap._memory import MemoryLimits
 from durablemap._observe import MapInfo
-from durablemap._records import Kind, Record, Status, decode_record, encode_record
+from durablemap._records import Kind, Record, Status, encode_record
 from durablemap._step import operation_name
 from durablemap._store import op_key, path_str
 from durablemap._worker import MapSpec
 from durablemap.config import CompletionStatus, MapConfig, NestingType, ParallelBranch, ParallelConfig
 from durablemap.executors._inline import InlineExecutor
-from durablemap.serdes import deserialize_value, serialize_value
+from durablemap.serdes import deserialize_value, new_unpacker, serialize_value
 
 if TYPE_CHECKING:
     from durablemap._context import DurableContext
@@ -137,7 +143,9 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
     executor = state.executor if (state.executor is not None and not state.in_worker) else InlineExecutor()
     flat = config.nesting_type == NestingType.FLAT
     spec = MapSpec(int.from_bytes(os.urandom(8), "big") >> 1, state.for_worker(), path, func, inputs,
-                   item_serdes, flat, item_sub_type, names, fingerprints=not flat)
+                   item_serdes, flat, item_sub_type, names, fingerprints=not flat, key_prefix=key)
+    limits = MemoryLimits.resolve(state.settings, config.memory_budget, config.worker_memory_limit)
+    spec.worker_memory_limit = limits.worker_limit
     ref = executor.publish(spec)
     try:
         if record is None:
@@ -152,7 +160,7 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
             predicate=_guarded(predicate) if predicate is not None else None,
             max_concurrency=config.max_concurrency, item_timeout=config.item_timeout,
             max_crashes=config.max_worker_crashes, names=names, prior=prior, info=info,
-            observers=state.observers)
+            observers=state.observers, memory=limits)
         outcome = coordinator.run()
     except _CallbackFailed as exc:
         raise fail(exc.__cause__ or exc) from exc.__cause__
@@ -160,7 +168,8 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
         executor.unpublish(ref)
     result: BatchResult[Any] = BatchResult(outcome.items, outcome.reason)
     meta = {"inputs": len(inputs), "reason": outcome.reason.value, "total": len(outcome.items),
-            "started": outcome.started, "succeeded": outcome.succeeded, "failed": outcome.failed}
+            "started": outcome.started, "succeeded": outcome.succeeded, "failed": outcome.failed,
+            **coordinator.memory_meta()}
     return _record_result(result, meta, config, put, fail, op_id, state.execution_id, spec.flat)
 
 
@@ -207,28 +216,58 @@ def _read_prior(state: Any, path: tuple[int, ...], inputs: Sequence[Any], item_s
     op_id = path_str(path)
     n = len(inputs)
     changed: list[int] = []
-    for index, _key, raw in state.store().scan_children(op_key(state.execution_id, path)):
+    for index, fields, value in _item_records(state, path, item_serdes):
         if index >= n:
             continue  # the inputs shrank: items past the end are not part of this run
-        record = decode_record(raw, f"item {index} of map '{op_id}'")
-        check_identity(record, (*path, index), Kind.CONTEXT, sub_type,
-                       names[index] if names is not None else record.name)
-        recorded_fp = record.get("fp")
-        if record.finished and recorded_fp is not None and recorded_fp != fingerprint(inputs[index]):
+        status, meta = fields[1], fields[6]
+        check_identity(Record(*fields[:7]), (*path, index), Kind.CONTEXT, sub_type,
+                       names[index] if names is not None else fields[2])
+        recorded_fp = meta.get("fp") if meta else None
+        if status in _DONE and recorded_fp is not None and recorded_fp != fingerprint(inputs[index]):
             changed.append(index)
             continue
-        if record.status == Status.SUCCEEDED:
-            value = _decode_item(item_serdes, record, op_id, index, state.execution_id)
+        if status == Status.SUCCEEDED:
             prior.items[index] = BatchItem(index, BatchItemStatus.SUCCEEDED, value, None)
-        elif record.status == Status.FAILED and not state.retry_failed:
-            prior.items[index] = BatchItem(index, BatchItemStatus.FAILED, None,
-                                           ErrorObject.from_dict(record.error or {}))
-        elif record.status == Status.STARTED:
-            prior.crashes[index] = int(record.get("crashes", 0))
+        elif status == Status.FAILED and not state.retry_failed:
+            prior.items[index] = BatchItem(index, BatchItemStatus.FAILED, None, ErrorObject.from_dict(fields[5] or {}))
+        elif status == Status.STARTED:
+            prior.crashes[index] = int((meta or {}).get("crashes", 0))
     if changed and not recompute:
         shown = ", ".join(map(str, changed[:5])) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
         raise _drift(op_id, None, f"the inputs of items {shown} changed since their results were recorded")
     return prior
+
+
+_DONE = frozenset((Status.SUCCEEDED, Status.FAILED))
+
+
+def _item_records(state: Any, path: tuple[int, ...], item_serdes: Any) -> Iterator[tuple[int, list[Any], Any]]:
+    """Each item record of a map in index order: ``(index, fields, value)``, the value decoded
+    (SUCCEEDED items; None otherwise)."""
+    op_id = path_str(path)
+    for index, fields in _raw_item_records(state, path):
+        if len(fields) == 8:
+            yield index, fields, fields[7]
+        elif fields[1] == "SUCCEEDED":
+            yield index, fields, _decode_item(item_serdes, fields[4], op_id, index, state.execution_id)
+        else:
+            yield index, fields, None
+
+
+def _raw_item_records(state: Any, path: tuple[int, ...]) -> Iterator[tuple[int, list[Any]]]:
+    """``(index, fields)`` of each item record of a map, in index order: read in one pass, decoded
+    by one streaming msgpack unpacker (values written by the default serdes included)."""
+    op_id = path_str(path)
+    components, raws = state.store().children_block(op_key(state.execution_id, path))
+    unpacker = new_unpacker()
+    unpacker.feed(b"".join(raws))
+    try:
+        yield from zip(struct.unpack(f">{len(raws)}I", components), unpacker, strict=True)
+    except (ValueError, TypeError, msgpack.UnpackException, msgpack.ExtraData) as exc:
+        raise StoreError(
+            f"An item record of map '{op_id}' cannot be decoded ({type(exc).__name__}: {exc}). The store "
+            "may be corrupt or written by another program; remove that execution with `durablemap rm ID` "
+            "to start it afresh.") from None
 
 
 def _drift(op_id: str, name: str | None, what: str) -> NonDeterministicExecutionError:
@@ -239,9 +278,9 @@ def _drift(op_id: str, name: str | None, what: str) -> NonDeterministicExecution
         "`durablemap rm ID`).", step_id=op_id)
 
 
-def _decode_item(serdes: Any, record: Record, op_id: str, index: int, execution_id: str) -> Any:
+def _decode_item(serdes: Any, payload: bytes | str | None, op_id: str, index: int, execution_id: str) -> Any:
     try:
-        return deserialize_value(serdes, record.payload or b"", f"{op_id}/{index}", execution_id)
+        return deserialize_value(serdes, payload or b"", f"{op_id}/{index}", execution_id)
     except SerDesError as exc:
         raise SerDesError(f"The recorded result of item {index} of map '{op_id}' cannot be "
                           f"deserialized: {exc}") from exc
@@ -258,15 +297,22 @@ def _replay(state: Any, path: tuple[int, ...], record: Record,
     item_serdes = config.item_serdes or config.serdes
     started = set(record.get("started") or ())
     items: list[BatchItem[Any]] = []
-    for index, _key, raw in state.store().scan_children(op_key(state.execution_id, path)):
-        if index in started:
-            continue
-        item_record = decode_record(raw, f"item {index} of map '{op_id}'")
-        if item_record.status == Status.SUCCEEDED:
-            value = _decode_item(item_serdes, item_record, op_id, index, state.execution_id)
-            items.append(BatchItem(index, BatchItemStatus.SUCCEEDED, value, None))
-        elif item_record.status == Status.FAILED:
-            items.append(BatchItem(index, BatchItemStatus.FAILED, None, ErrorObject.from_dict(item_record.error or {})))
+    append, succeeded, failed = items.append, BatchItemStatus.SUCCEEDED, BatchItemStatus.FAILED
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a million new tuples would otherwise trigger full collections over all of them
+    try:
+        for index, fields in _raw_item_records(state, path):
+            status = fields[1]
+            if status == "SUCCEEDED":
+                if index not in started:
+                    value = fields[7] if len(fields) == 8 else _decode_item(
+                        item_serdes, fields[4], op_id, index, state.execution_id)
+                    append(BatchItem(index, succeeded, value, None))
+            elif status == "FAILED" and index not in started:
+                append(BatchItem(index, failed, None, ErrorObject.from_dict(fields[5] or {})))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     if started:
         items.extend(BatchItem(index, BatchItemStatus.STARTED) for index in started)
         items.sort(key=lambda item: item.index)

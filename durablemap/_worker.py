@@ -31,11 +31,12 @@ from durablemap._errors import (
     error_type_name,
 )
 from durablemap._fingerprint import fingerprint
-from durablemap._records import Kind, Record, Status, encode_record
+from durablemap._memory import init_item_memory, note_peak
+from durablemap._records import Kind, Record, Status, encode_inline_item, encode_record
 from durablemap._slots import SlotWriter
 from durablemap._state import ExecutionState
 from durablemap._store import path_str
-from durablemap.serdes import SerDes, serialize_value
+from durablemap.serdes import SerDes, deserialize_value, pack_default, serialize_value, unpack_default
 
 __all__ = ["ChunkResult", "MapSpec", "init_worker", "run_chunk", "run_chunk_from_file"]
 
@@ -54,14 +55,22 @@ class MapSpec:
     sub_type: str
     names: Sequence[str | None] | None
     fingerprints: bool = False
+    worker_memory_limit: int | None = None  # bytes: over it, the worker retires after its chunk
+    key_prefix: bytes = b""
 
 
 @dataclass
 class ChunkResult:
-    """The outcome of one chunk: encoded item records in the order they ran."""
+    """The outcome of one chunk, item by item in the order they ran: the store keys, the encoded
+    records to commit, the results as a replay will see them (already round-tripped through the
+    item serdes), and the recorded error of each item that FAILED (by position in the chunk)."""
 
     token: int
-    records: list[tuple[int, bytes]]
+    indexes: Sequence[int]
+    keys: list[bytes]
+    records: list[bytes]
+    values: list[Any]
+    errors: dict[int, dict[str, Any]] | None
     elapsed: float
     fatal: dict[str, Any] | None = None
 
@@ -77,6 +86,7 @@ def init_worker(slot_dir: str, parent_pid: int) -> None:
     global _slot
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _slot = SlotWriter(slot_dir)
+    init_item_memory(_slot)
     stack_file = open(os.path.join(slot_dir, f"{os.getpid()}.stack"), "w")  # noqa: SIM115 - lives as long as the worker
     faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True,
@@ -108,25 +118,36 @@ def run_chunk_from_file(ref: tuple[int, str], indexes: Sequence[int]) -> ChunkRe
 def run_chunk(spec: MapSpec, indexes: Sequence[int]) -> ChunkResult:
     """Run the items at ``indexes`` one after another; stop at an error that ends the execution."""
     start = time.perf_counter()
-    out: list[tuple[int, bytes]] = []
-    slot = _slot
+    keys: list[bytes] = []
+    records: list[bytes] = []
+    values: list[Any] = []
+    errors: dict[int, dict[str, Any]] | None = None
+    slot, token, prefix = _slot, spec.token, spec.key_prefix
     fatal = None
     for index in indexes:
         if slot is not None:
-            slot.begin(spec.token, index)
+            slot.begin(token, index)
         try:
-            out.append((index, run_item(spec, index)))
+            value, record, error = run_item(spec, index)
         except (ExecutionError, InvocationError) as exc:
             fatal = {"type": error_type_name(exc), "message": str(exc), "index": index}
             break
-        finally:
-            if slot is not None:
-                slot.end()
-    return ChunkResult(spec.token, out, time.perf_counter() - start, fatal)
+        if error is not None:
+            if errors is None:
+                errors = {}
+            errors[len(keys)] = error
+        keys.append(prefix + index.to_bytes(4, "big"))
+        records.append(record)
+        values.append(value)
+    if slot is not None:
+        slot.end()
+    ran = indexes if fatal is None else indexes[:len(keys)]
+    return ChunkResult(token, ran, keys, records, values, errors, time.perf_counter() - start, fatal)
 
 
-def run_item(spec: MapSpec, index: int) -> bytes:
-    """Run one item and return its encoded record (SUCCEEDED with the serialized result, or FAILED)."""
+def run_item(spec: MapSpec, index: int) -> tuple[Any, bytes, dict[str, Any] | None]:
+    """Run one item: its result as a replay will see it, its encoded record, and its error dict
+    when it FAILED."""
     state = spec.state
     state.item_index = index
     path = (*spec.path, index)
@@ -138,15 +159,26 @@ def run_item(spec: MapSpec, index: int) -> bytes:
     except (ExecutionError, InvocationError):
         raise
     except Exception as exc:
-        return _failed(spec, name, ErrorObject.from_exception(exc), meta)
+        return _failed(spec, name, ErrorObject.from_exception(exc), note_peak(meta, spec.worker_memory_limit))
+    meta = note_peak(meta, spec.worker_memory_limit)
+    serdes = spec.item_serdes
     try:
-        payload = serialize_value(spec.item_serdes, value, path_str(path), state.execution_id)
+        if serdes is None:
+            payload = pack_default(value)
+            return (unpack_default(payload),
+                    encode_inline_item(Kind.CONTEXT, Status.SUCCEEDED, name, spec.sub_type, None, meta, payload),
+                    None)
+        encoded = serialize_value(serdes, value, path_str(path), state.execution_id)
+        returned = deserialize_value(serdes, encoded, path_str(path), state.execution_id)
     except SerDesError as exc:
         return _failed(spec, name, ErrorObject.from_exception(SerDesError(
             f"The result of item {index} of map '{path_str(spec.path)}' cannot be serialized: {exc}",
         )), meta)
-    return encode_record(Record(Kind.CONTEXT, Status.SUCCEEDED, name, spec.sub_type, payload, None, meta))
+    return returned, encode_record(Record(Kind.CONTEXT, Status.SUCCEEDED, name, spec.sub_type, encoded,
+                                          None, meta)), None
 
 
-def _failed(spec: MapSpec, name: str | None, error: ErrorObject, meta: dict[str, Any] | None) -> bytes:
-    return encode_record(Record(Kind.CONTEXT, Status.FAILED, name, spec.sub_type, None, error.to_dict(), meta))
+def _failed(spec: MapSpec, name: str | None, error: ErrorObject,
+            meta: dict[str, Any] | None) -> tuple[None, bytes, dict[str, Any]]:
+    recorded = error.to_dict()
+    return None, encode_record(Record(Kind.CONTEXT, Status.FAILED, name, spec.sub_type, None, recorded, meta)), recorded

@@ -350,3 +350,18 @@ serialize = serialize_value
 
 deserialize = deserialize_value
 """The AWS SDK's name for `deserialize_value`."""
+
+
+def pack_default(value: Any) -> bytes:
+    """The default serdes' bytes for ``value`` without a context (durablemap's hot paths)."""
+    return _pack(value)
+
+
+def unpack_default(data: bytes) -> Any:
+    """Decode default-serdes bytes without a context (durablemap's hot paths)."""
+    return _unpack(data)
+
+
+def new_unpacker() -> msgpack.Unpacker:
+    """A streaming unpacker for default-serdes values, to decode many concatenated values in C."""
+    return msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=_ext_hook, max_buffer_size=2**31 - 1)
