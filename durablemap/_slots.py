@@ -21,8 +21,11 @@ from dataclasses import dataclass
 
 __all__ = ["SlotState", "SlotWriter", "Slots"]
 
-# token, index, start (monotonic), running flag, peak rss of the current item
-_FMT = struct.Struct("<qqdqq")
+# token, index, start (monotonic), running flag; then the peak RSS and the growth (peak minus the
+# RSS before it) of the last item this worker measured (see _memory), which begin() leaves alone
+_FMT = struct.Struct("<qqdqqq")
+_HEAD = struct.Struct("<qqdq")
+_PEAK = struct.Struct("<qq")
 _SIZE = 64
 
 
@@ -36,6 +39,7 @@ class SlotState:
     started: float
     running: bool
     peak_rss: int
+    growth: int
 
 
 class SlotWriter:
@@ -49,14 +53,20 @@ class SlotWriter:
             self._map = mmap.mmap(fd, _SIZE)
         finally:
             os.close(fd)
+        self.started = time.monotonic()
 
     def begin(self, token: int, index: int) -> None:
         """The worker starts running item ``index`` of map ``token``."""
-        _FMT.pack_into(self._map, 0, token, index, time.monotonic(), 1, 0)
+        self.started = now = time.monotonic()
+        _HEAD.pack_into(self._map, 0, token, index, now, 1)
 
     def end(self) -> None:
         """The worker is between items."""
-        _FMT.pack_into(self._map, 0, 0, -1, time.monotonic(), 0, 0)
+        _HEAD.pack_into(self._map, 0, 0, -1, time.monotonic(), 0)
+
+    def note_peak(self, peak: int, growth: int) -> None:
+        """Publish the peak RSS and growth of the item just measured."""
+        _PEAK.pack_into(self._map, _HEAD.size, peak, growth)
 
 
 class Slots:
@@ -82,8 +92,8 @@ class Slots:
                 continue
             if len(data) < _FMT.size:
                 continue
-            token, index, started, running, peak = _FMT.unpack(data)
-            states.append(SlotState(int(name), token, index, started, bool(running), peak))
+            token, index, started, running, peak, growth = _FMT.unpack(data)
+            states.append(SlotState(int(name), token, index, started, bool(running), peak, growth))
         return states
 
     def running(self, token: int) -> list[SlotState]:

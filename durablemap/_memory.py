@@ -1,0 +1,340 @@
+"""Memory: limits per map, a monitor in the coordinator, and the per-item peak in the worker.
+
+    coordinator                                           worker (pid P)
+    -----------                                           --------------
+    MemoryMonitor thread, every 0.1 s (psutil):           ItemMemory, after each item that ran >= 1 ms:
+      RSS of the coordinator + every worker pid,            peak = VmHWM of /proc/self/status, then reset
+      the machine's available memory,                       the high-water mark (clear_refs "5");
+      each worker's last item growth (its slot)  <───────   peak and growth go to the slot and the record
+      worker RSS > hard limit -> SIGKILL (a crash)           RSS > soft limit -> loky retires the worker
+    Coordinator._dispatch asks admit():                      after this chunk (a clean exit, no crash)
+      total + expected item growth > budget -> hold
+
+The hard limit is ``_HARD_FACTOR`` times the per-worker (soft) limit. The monitor's own cost is one
+psutil read per process per tick, about 0.1-0.2 ms per tick with two workers (``perf/memory_bench.py``).
+
+Per-item peak: the worker's peak RSS since the end of the last measured item, which for items
+that run 1 ms or longer is the item's own peak (shorter items are not measured: they cannot grow
+by more than a few MB, and measuring costs ~8 us). An item that runs a nested map reports the peak
+since its last nested item; the nested items report their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from durablemap._errors import ChildContextError, ValidationError
+
+__all__ = ["ItemMemory", "MemoryLimits", "MemoryMonitor", "ignore_recycling_warning", "init_item_memory", "note_peak"]
+
+_log = logging.getLogger("durablemap")
+
+_HARD_FACTOR = 1.5  # a worker this many times over its soft limit is killed mid-item
+_INTERVAL = 0.1  # seconds between the monitor's samples
+_FRESH = 0.01  # a sample younger than this is fresh enough for a dispatch decision
+_STALL_SECONDS = 5.0  # over budget with nothing in flight this long: the map fails
+_MEASURE_SECONDS = 0.001  # items shorter than this are not measured
+_CHECK_SECONDS = 0.05  # the worker compares its RSS with the soft limit at least this often
+_MB = 2**20
+
+
+@dataclass(frozen=True)
+class MemoryLimits:
+    """The memory limits of one map, in bytes (None: no limit)."""
+
+    budget: int | None = None
+    worker_limit: int | None = None
+    stall_seconds: float = _STALL_SECONDS
+
+    @property
+    def hard_limit(self) -> int | None:
+        """The RSS at which a worker is killed while running an item."""
+        return int(self.worker_limit * _HARD_FACTOR) if self.worker_limit else None
+
+    @classmethod
+    def resolve(cls, settings: Mapping[str, Any], budget: int | None,
+                worker_limit: int | None) -> MemoryLimits:
+        """The map's own limits (MapConfig) where set, else the execution's (``settings``), else
+        ``$DURABLEMAP_MEMORY_BUDGET`` / ``$DURABLEMAP_WORKER_MEMORY_LIMIT`` (bytes)."""
+        def pick(own: int | None, key: str, env: str) -> int | None:
+            if own is not None:
+                return own
+            value = settings.get(key)
+            return int(value) if value else _env_bytes(env)
+        return cls(pick(budget, "memory_budget", "DURABLEMAP_MEMORY_BUDGET"),
+                   pick(worker_limit, "worker_memory_limit", "DURABLEMAP_WORKER_MEMORY_LIMIT"),
+                   float(settings.get("memory_stall_seconds", _STALL_SECONDS)))
+
+
+def _env_bytes(name: str) -> int | None:
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        number = int(float(value))
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValidationError(f"${name} must be a positive number of bytes, got {value!r}.")
+    return number
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One reading: bytes resident in the coordinator and its workers, and available on the machine."""
+
+    at: float
+    coordinator: int
+    workers: dict[int, int]
+    available: int
+
+    @property
+    def total(self) -> int:
+        """Coordinator plus workers."""
+        return self.coordinator + sum(self.workers.values())
+
+
+class MemoryMonitor:
+    """Samples memory in a background thread, kills workers past the hard limit, and tells the
+    coordinator whether the budget admits another chunk. The thread stops by itself once its
+    owner (the coordinator) is gone or ``stop()`` is called."""
+
+    def __init__(self, executor: Any, limits: MemoryLimits, map_name: str, owner: object | None = None,
+                 interval: float = _INTERVAL) -> None:
+        self.executor, self.limits, self.map_name, self.interval = executor, limits, map_name, interval
+        self.slots = getattr(executor, "slots", None)
+        self._me = psutil.Process()
+        self._procs: dict[int, psutil.Process] = {}
+        self._lock = threading.Lock()
+        self.last = self._read()
+        self.peak_total = self.last.total
+        self.samples = 0
+        self.expected = 0  # the largest growth of one item seen so far, in bytes
+        self.killed: dict[int, int] = {}  # pid -> RSS when killed at the hard limit
+        self.wait_seconds = 0.0
+        self._held_since: float | None = None
+        self._stop = threading.Event()
+        self._owner = weakref.ref(owner) if owner is not None else None
+        self._thread = threading.Thread(target=self._loop, name="durablemap-memory", daemon=True)
+        self._thread.start()
+
+    # -- sampling ----------------------------------------------------------------------------
+    def _read(self) -> Sample:
+        workers: dict[int, int] = {}
+        for pid in self.executor.worker_pids():
+            proc = self._procs.get(pid)
+            try:
+                if proc is None:
+                    proc = self._procs[pid] = psutil.Process(pid)
+                workers[pid] = proc.memory_info().rss
+            except psutil.Error:
+                self._procs.pop(pid, None)
+        if len(self._procs) > 2 * len(workers) + 8:
+            self._procs = {pid: self._procs[pid] for pid in workers if pid in self._procs}
+        return Sample(time.monotonic(), self._me.memory_info().rss, workers, psutil.virtual_memory().available)
+
+    def sample(self) -> Sample:
+        """Take a reading now (or reuse one a few ms old) and act on it."""
+        with self._lock:
+            if time.monotonic() - self.last.at < _FRESH:
+                return self.last
+            sample = self.last = self._read()
+            self.samples += 1
+            self.peak_total = max(self.peak_total, sample.total)
+            if self.slots is not None:
+                growths = [state.growth for state in self.slots.read_all()]
+                self.expected = max([self.expected, *growths])
+        self._enforce(sample)
+        return sample
+
+    def _enforce(self, sample: Sample) -> None:
+        hard = self.limits.hard_limit
+        if hard is None:
+            return
+        for pid, rss in sample.workers.items():
+            if rss > hard and pid not in self.killed:
+                self.killed[pid] = rss
+                _log.warning("durablemap: worker %d of map '%s' uses %d MB, over the hard memory limit of "
+                             "%d MB (1.5 x worker_memory_limit); killing it, its item counts a crash",
+                             pid, self.map_name, rss // _MB, hard // _MB)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            owner = self._owner() if self._owner is not None else self
+            if owner is None or getattr(owner, "reason", None) is not None:
+                return
+            del owner
+            try:
+                self.sample()
+            except Exception:  # pragma: no cover - a failed reading must not stop the map
+                _log.debug("durablemap: memory sample failed", exc_info=True)
+
+    def stop(self) -> None:
+        """Stop the sampling thread."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+
+    # -- the budget ---------------------------------------------------------------------------
+    def admit(self, size: int, chunks: int, finished: bool) -> int:
+        """How many items the next chunk may hold under the budget: ``size``, 1 near the budget,
+        or 0 to hold back (``chunks`` are in flight; ``finished``: an item of this map finished,
+        so its growth is known). With nothing in flight, waits for usage to fall, then raises."""
+        budget = self.limits.budget
+        if budget is None:
+            return size
+        total = self.sample().total
+        expected = self.expected
+        if chunks and not finished:  # the first chunk runs alone until one item's growth is known
+            return self._hold()
+        if total + expected * (chunks + 1) <= budget:
+            self._release()
+            return 1 if total + expected * (chunks + 2) > budget else size
+        if chunks:
+            return self._hold()
+        self._hold()
+        deadline = time.monotonic() + self.limits.stall_seconds
+        while total > budget:
+            if time.monotonic() > deadline:
+                self._release()
+                raise self._stalled(total, budget)
+            time.sleep(self.interval)
+            total = self.sample().total
+        self._release()
+        return 1
+
+    def _hold(self) -> int:
+        if self._held_since is None:
+            self._held_since = time.monotonic()
+        return 0
+
+    def _release(self) -> None:
+        if self._held_since is not None:
+            self.wait_seconds += time.monotonic() - self._held_since
+            self._held_since = None
+
+    def _stalled(self, total: int, budget: int) -> ChildContextError:
+        workers = self.last.workers
+        return ChildContextError(
+            f"Map '{self.map_name}': memory in use ({total // _MB} MB: coordinator "
+            f"{self.last.coordinator // _MB} MB + {len(workers)} workers "
+            f"{sum(workers.values()) // _MB} MB) stayed above memory_budget={budget // _MB} MB for "
+            f"{self.limits.stall_seconds:g} s with no item running, so no item can start. Raise the "
+            "budget (MapConfig.memory_budget or $DURABLEMAP_MEMORY_BUDGET), set worker_memory_limit so "
+            "that workers holding memory are recycled, or free memory held by the handler. The map is "
+            "not recorded as failed: running again resumes it.")
+
+    def meta(self) -> dict[str, Any]:
+        """The map record's memory figures."""
+        self._release()
+        return {"peak_total_rss": self.peak_total, "memory_wait_seconds": round(self.wait_seconds, 3)}
+
+
+# -- the worker's side ---------------------------------------------------------------------------
+class ItemMemory:
+    """Measures each item's peak RSS in a worker (Linux: the kernel's high-water mark, reset after
+    each measured item) and retires the worker when its RSS is over the soft limit."""
+
+    def __init__(self, slot: Any) -> None:
+        self.slot = slot
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._status = os.open("/proc/self/status", os.O_RDONLY)
+        self._statm = os.open("/proc/self/statm", os.O_RDONLY)
+        try:
+            self._clear: int | None = os.open("/proc/self/clear_refs", os.O_WRONLY)
+        except OSError:
+            self._clear = None
+        self.base = self.rss()
+        self._checked = time.monotonic()
+        self.recycling = False
+        self._reset()
+
+    def rss(self) -> int:
+        """This process's resident set size now."""
+        return int(os.pread(self._statm, 64, 0).split()[1]) * self._page
+
+    def _hwm(self) -> int:
+        data = os.pread(self._status, 4096, 0)
+        at = data.find(b"VmHWM:")
+        return int(data[at + 6:data.index(b"kB", at)]) * 1024 if at >= 0 else self.rss()
+
+    def _reset(self) -> None:
+        if self._clear is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._clear, b"5")
+
+    def note(self, meta: dict[str, Any] | None, limit: int | None) -> dict[str, Any] | None:
+        """After an item: add ``peak_rss`` to its record meta (items of 1 ms or more), and retire
+        the worker when it is over ``limit``."""
+        now = time.monotonic()
+        started = getattr(self.slot, "started", now)
+        if now - started < _MEASURE_SECONDS:
+            if limit and not self.recycling and now - self._checked > _CHECK_SECONDS:
+                self._checked = now
+                self._check(self.rss(), limit)
+            return meta
+        peak = self._hwm() if self._clear is not None else self.rss()
+        rss = self.rss()
+        self._reset()
+        growth, self.base = max(0, peak - self.base), rss
+        self.slot.note_peak(peak, growth)
+        if limit:
+            self._checked = now
+            self._check(rss, limit)
+        meta = dict(meta) if meta else {}
+        meta["peak_rss"] = peak
+        return meta
+
+    def _check(self, rss: int, limit: int) -> None:
+        if rss > limit and not self.recycling:
+            self.recycling = True
+            _retire_after_this_chunk()
+
+
+def _retire_after_this_chunk() -> None:
+    # loky's worker loop checks its RSS after every task and, when it grew past
+    # _MAX_MEMORY_LEAK_SIZE, hands its pid back to the executor and exits cleanly; the executor
+    # starts a fresh worker and nothing breaks. Setting the threshold below zero makes the next
+    # check retire this worker. (The first task of a worker only takes loky's reference reading, so
+    # a worker over the limit in its first task retires after its second.)
+    from loky import process_executor
+    process_executor._MEMORY_LEAK_CHECK_DELAY = -1.0
+    process_executor._MAX_MEMORY_LEAK_SIZE = -(2**62)
+
+
+_item_memory: ItemMemory | None = None
+
+
+def init_item_memory(slot: Any) -> None:
+    """Set up per-item measurement in a worker process (called once, from init_worker)."""
+    global _item_memory
+    try:
+        _item_memory = ItemMemory(slot)
+    except OSError:  # no /proc: items are not measured
+        _item_memory = None
+
+
+def note_peak(meta: dict[str, Any] | None, limit: int | None) -> dict[str, Any] | None:
+    """``meta`` with the item's ``peak_rss`` when measured (a no-op outside loky workers)."""
+    memory = _item_memory
+    return meta if memory is None else memory.note(meta, limit)
+
+
+def ignore_recycling_warning() -> None:
+    """loky warns (in its manager thread, where a warnings-as-errors filter would kill the thread)
+    when it retires a worker for memory; durablemap retires workers on purpose."""
+    warnings.filterwarnings("ignore", message="A worker was restarted", category=UserWarning)
