@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -173,7 +173,7 @@ class Store:
         db = self._db(b"records")
         self._transact("put_many", lambda txn: txn.cursor(db=db).putmulti(items), write=True)
 
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    def scan(self, prefix: bytes) -> Generator[tuple[bytes, bytes], None, None]:
         """Every record whose key starts with ``prefix``, in key order, from one consistent snapshot.
 
         Keys and values are fresh ``bytes``. The read transaction stays open until the iterator is
@@ -190,7 +190,7 @@ class Store:
                     return
                 yield key, value
 
-    def scan_children(self, prefix_key: bytes) -> Iterator[tuple[int, bytes, bytes]]:
+    def scan_children(self, prefix_key: bytes) -> Generator[tuple[int, bytes, bytes], None, None]:
         """The direct children of ``prefix_key`` as ``(index, key, value)``, in index order.
 
         Deeper descendants are skipped with one seek per child that has any: a child's descendants

@@ -19,8 +19,8 @@ and lets a resize wait for zero.
 
 LMDB forbids opening one environment twice in one process (closing either handle drops the
 process's file locks on it), so every ``Store`` of a directory in a process shares one
-``_SharedEnv``, reference counted; the registry is keyed by pid too, so a forked child never
-uses its parent's handle.
+``SharedEnv``, reference counted. The registry is keyed by pid too, so a forked child never uses
+its parent's handle; it cannot open the store either (see ``_refuse_if_inherited``).
 """
 
 from __future__ import annotations
@@ -107,8 +107,9 @@ class _Gate:
 
 def _fix_for(exc: lmdb.Error) -> str:
     text = str(exc).lower()
-    if isinstance(exc, lmdb.DiskError) or "no space" in text:
-        return "free disk space on that filesystem (or move the store) and run again"
+    if isinstance(exc, lmdb.DiskError) or "no space" in text or "input/output" in text:
+        # LMDB reports a write that hit a full disk as EIO from mdb_txn_commit (seen on tmpfs).
+        return "the disk is full or failing: free disk space (or move the store), check the disk, and run again"
     if isinstance(exc, lmdb.ReadonlyError) or "read-only" in text or "permission" in text:
         return "make the store directory writable by this user, or choose another store"
     if isinstance(exc, lmdb.BadValsizeError):
@@ -293,6 +294,7 @@ def acquire_env(path: Path, *, readonly: bool, map_size: int) -> SharedEnv:
     with _registry_lock:
         shared = _registry.get(key)
         if shared is None:
+            _refuse_if_inherited(real)
             shared = _open_env(real, readonly=readonly, map_size=map_size)
             _registry[key] = shared
         elif shared.readonly and not readonly:
@@ -300,6 +302,19 @@ def acquire_env(path: Path, *, readonly: bool, map_size: int) -> SharedEnv:
                              "Store before opening it writable")
         shared.refs += 1
         return shared
+
+
+def _refuse_if_inherited(real: str) -> None:
+    # A forked child inherits its parent's environment. It must not use it, nor close it (closing
+    # frees the parent's reader slots in the shared lock file), and py-lmdb refuses a second open of
+    # the same files in one process. So the child cannot open the store at all: say so plainly.
+    parents = [pid for path, pid in _registry if path == real and pid != os.getpid()]
+    if parents:
+        raise StoreError(
+            f"store {real}: this process was forked from pid {parents[0]}, which had the store open; LMDB "
+            "cannot open it again in a forked child. Start worker processes with the 'spawn' or "
+            "'forkserver' start method (loky's default is safe), or open the store only after forking"
+        )
 
 
 def release_env(shared: SharedEnv) -> None:
