@@ -1,7 +1,8 @@
 """The store: durablemap's records in one LMDB environment in a directory. It knows nothing of maps.
 
     Store.open(dir) ──> _env.SharedEnv (one per directory and process) ──> lmdb.Environment
-        get / put / put_many / scan / scan_children / delete_prefix / count_prefix   records db
+        get / put / put_many / put_columns / scan / scan_children                    records db
+        delete_prefix / count_prefix
         index_put / index_get / index_scan / index_delete                            index db
         acquire_lock / release_lock / lock_holder / break_lock                       locks db
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
