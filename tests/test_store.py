@@ -27,6 +27,7 @@ from durablemap._store import (
     parse_path,
     path_str,
 )
+from durablemap._store._env import SharedEnv
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_MAP = 256 * 1024  # a few dozen pages: any real amount of data must grow it
@@ -129,6 +130,10 @@ def test_put_get_put_many_scan(store: Store) -> None:
     assert store.count_prefix(execution_prefix("e")) == 300
     assert store.count_prefix(b"") == 301
     assert list(store.scan(b"zzz")) == []
+    store.put_columns([b"c1", b"c2"], [b"1", b"2"])
+    assert list(store.scan(b"c")) == [(b"c1", b"1"), (b"c2", b"2")]
+    with pytest.raises(StoreError, match="one value per key"):
+        store.put_columns([b"c3"], [])
 
 
 def test_scan_children_skips_descendants(store: Store) -> None:
@@ -222,6 +227,9 @@ def test_a_forked_child_neither_reuses_nor_breaks_its_parents_environment(tmp_pa
 def test_readonly(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="does not exist"):
         Store.open(tmp_path / "nothing", readonly=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreError, match="not a durablemap store"):
+        Store.open(tmp_path / "empty", readonly=True)
     with Store.open(tmp_path / "s") as s:
         s.put(b"k", b"v")
     with Store.open(tmp_path / "s", readonly=True) as ro:
@@ -366,7 +374,15 @@ def test_scan_sees_one_snapshot_while_another_process_writes(store: Store) -> No
         kill(writer)
 
 
-def test_map_grows_across_two_processes(tmp_path: Path) -> None:
+def test_map_grows_across_two_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    resizes: list[bool] = []
+    real_resize = SharedEnv.resize
+
+    def recording_resize(self: SharedEnv, operation: str, *, grow: bool) -> None:
+        resizes.append(grow)
+        real_resize(self, operation, grow=grow)
+
+    monkeypatch.setattr(SharedEnv, "resize", recording_resize)
     path = tmp_path / "s"
     store = Store.open(path, map_size=SMALL_MAP)
     store.put(b"before", b"1")
@@ -381,10 +397,12 @@ def test_map_grows_across_two_processes(tmp_path: Path) -> None:
         kill(writer)
     assert int(out[-1]) > SMALL_MAP
     assert store.get(op_key("w", (39, 99))) == b"x" * 500
+    assert resizes == [False]  # adopted the other process's size (MapResizedError)
     assert store.count_prefix(execution_prefix("w")) == 4000
     store.put_many([(op_key("main", (i,)), b"y" * 500) for i in range(4000)])
     assert store.count_prefix(b"") == 8001
     assert store.stat()["map_size"] > int(out[-1])
+    assert True in resizes  # and grew it itself (MapFullError)
     store.close()
 
 

@@ -208,6 +208,9 @@ def check_directory(path: Path, *, readonly: bool) -> str:
             raise StoreError(f"store {path}: cannot create the directory ({exc.strerror or exc}); choose a "
                              "location this user can write, or create the directory first") from exc
     entries = set(os.listdir(path))
+    if readonly and "data.mdb" not in entries:
+        raise StoreError(f"store {path}: is not a durablemap store (no data.mdb); pass the directory of an "
+                         "existing store")
     if entries and "data.mdb" not in entries:
         raise StoreError(f"store {path}: is a non-empty directory that is not a durablemap store (no "
                          "data.mdb); choose an empty or new directory, or the directory of an existing store")
