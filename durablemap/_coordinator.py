@@ -239,11 +239,13 @@ class Coordinator:
         """Commit a batch of chunk results in one transaction, then count them."""
         fatal: dict[str, Any] | None = None
         if not self.spec.flat:
-            writes: list[tuple[bytes, bytes]] = []
-            for _, result in results:
-                writes.extend(zip(result.keys, result.records, strict=True))
-            if writes:
-                self.store.put_many(writes)
+            if len(results) == 1:
+                keys, records = results[0][1].keys, results[0][1].records
+            else:
+                keys = [key for _, result in results for key in result.keys]
+                records = [record for _, result in results for record in result.records]
+            if keys:
+                self.store.put_columns(keys, records)
         finished: list[BatchItem[Any]] = []
         for indexes, result in results:
             if result.values:

@@ -22,6 +22,7 @@ Records never hold pickles: decoding one runs no user code.
 
 from __future__ import annotations
 
+import functools
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -90,8 +91,17 @@ _NIL = b"\xc0"
 def encode_inline_item(kind: str, status: str, name: str | None, sub_type: str,
                        error: dict[str, Any] | None, meta: dict[str, Any] | None, value: bytes) -> bytes:
     """A record whose value is default-serdes msgpack ``value``, spliced in as the eighth field."""
+    if name is None and error is None:
+        record: bytes = _head(kind, status, sub_type) + _pack(meta) + value
+        return record
     return b"".join((_ARRAY8, _pack(kind), _pack(status), _pack(name), _pack(sub_type), _NIL,
                      _pack(error), _pack(meta), value))
+
+
+@functools.cache
+def _head(kind: str, status: str, sub_type: str) -> bytes:
+    # The fields before ``meta`` of an unnamed item without error: the same for every such item.
+    return b"".join((_ARRAY8, _pack(kind), _pack(status), _NIL, _pack(sub_type), _NIL, _NIL))
 
 
 def decode_raw(data: bytes) -> list[Any]:
