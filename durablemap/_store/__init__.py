@@ -174,10 +174,14 @@ class Store:
         db = self._db(b"records")
         self._transact("put_many", lambda txn: txn.cursor(db=db).putmulti(items), write=True)
 
-    def put_columns(self, keys: list[bytes], values: list[bytes]) -> None:
+    def put_columns(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
         """Store ``values[i]`` under ``keys[i]`` in one durable transaction: ``put_many`` without
         building a pair per record (the coordinator's group commit)."""
+        if len(keys) != len(values):  # checked before writing, so a mismatch writes nothing
+            raise StoreError(f"store {self.path}: put_columns got {len(keys)} keys but {len(values)} values; "
+                             "pass one value per key")
         db = self._db(b"records")
+        # zip inside the work function: a transaction retried after a resize needs a fresh one.
         self._transact("put_columns", lambda txn: txn.cursor(db=db).putmulti(zip(keys, values, strict=True)),
                        write=True)
 
