@@ -143,8 +143,10 @@ class Store:
         """Sizes: ``map_size`` (reserved address space), ``used_bytes`` (pages in use), ``records``."""
         shared = self._env()
         records = self._db(b"records")
-        entries = self._transact("stat", lambda txn: txn.stat(records)["entries"], write=False)
-        info, stat = shared.env.info(), shared.env.stat()
+        # Read inside a transaction, so a concurrent resize cannot swap the map under env.info().
+        entries, info, stat = self._transact(
+            "stat", lambda txn: (txn.stat(records)["entries"], shared.env.info(), shared.env.stat()), write=False
+        )
         return {
             "path": shared.path,
             "format_version": FORMAT_VERSION,
