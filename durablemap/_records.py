@@ -31,7 +31,9 @@ import msgpack
 from durablemap._errors import StoreError
 from durablemap.serdes import DEFAULT_SERDES, SerDesContext, unpack_default
 
-__all__ = ["Kind", "Record", "Status", "decode_record", "decode_raw", "encode_inline_item", "encode_record"]
+__all__ = [
+    "Kind", "Record", "Status", "decode_raw", "decode_record", "encode_inline_item", "encode_record", "record_head",
+]
 
 
 class Kind(StrEnum):
@@ -92,15 +94,16 @@ def encode_inline_item(kind: str, status: str, name: str | None, sub_type: str,
                        error: dict[str, Any] | None, meta: dict[str, Any] | None, value: bytes) -> bytes:
     """A record whose value is default-serdes msgpack ``value``, spliced in as the eighth field."""
     if name is None and error is None:
-        record: bytes = _head(kind, status, sub_type) + _pack(meta) + value
+        record: bytes = record_head(kind, status, sub_type) + _pack(meta) + value
         return record
     return b"".join((_ARRAY8, _pack(kind), _pack(status), _pack(name), _pack(sub_type), _NIL,
                      _pack(error), _pack(meta), value))
 
 
 @functools.cache
-def _head(kind: str, status: str, sub_type: str) -> bytes:
-    # The fields before ``meta`` of an unnamed item without error: the same for every such item.
+def record_head(kind: str, status: str, sub_type: str) -> bytes:
+    """The fields before ``meta`` of an inline record of an unnamed item without error: the same
+    bytes for every such item."""
     return b"".join((_ARRAY8, _pack(kind), _pack(status), _NIL, _pack(sub_type), _NIL, _NIL))
 
 
