@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -131,6 +131,11 @@ class Coordinator:
         # With no completion criterion only "all done" ends the map: results are counted a chunk at
         # a time instead of one by one.
         self.bulk = predicate is None and not policy.has_criteria
+        # Commits run on a thread of their own when items run elsewhere (an fsync takes milliseconds,
+        # in which the workers should get more work); inline maps commit in line.
+        self.committer = ThreadPoolExecutor(1, "durablemap-commit") if executor.workers > 1 else None
+        self.commits: dict[Future[None], list[tuple[Sequence[int], ChunkResult]]] = {}
+        self.to_commit: list[tuple[Sequence[int], ChunkResult]] = []
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> MapOutcome:
@@ -141,7 +146,7 @@ class Coordinator:
         try:
             while self.reason is None:
                 self._dispatch()
-                if not self.futures:
+                if not self.futures and not self.commits:
                     self.reason = self.policy.reason(self.succeeded, self.failed, self.decision)
                     break
                 self._collect(0.1 if (self.item_timeout and self.executor.has_slots) else 0.5)
@@ -216,12 +221,18 @@ class Coordinator:
 
     # -- results ----------------------------------------------------------------------------
     def _collect(self, timeout: float) -> None:
-        done, _ = wait(list(self.futures), timeout=timeout, return_when=FIRST_COMPLETED)
+        pending: list[Future[Any]] = [*self.futures, *self.commits]
+        done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
         if not done:
             return
         results: list[tuple[Sequence[int], ChunkResult]] = []
+        committed: list[tuple[Sequence[int], ChunkResult]] = []
         broken: BaseException | None = None
-        for future in sorted(done, key=lambda f: self.futures[f][0]):
+        for future in done:
+            if future in self.commits:
+                committed.extend(self.commits.pop(future))
+                future.result()  # a failed write raises here
+        for future in sorted((f for f in done if f in self.futures), key=lambda f: self.futures[f][0]):
             indexes = self.futures.pop(future)
             error = future.exception()
             if error is None:
@@ -231,21 +242,46 @@ class Coordinator:
                 self.futures[future] = indexes  # settled with the rest in _broken
             else:
                 raise error
-        self._absorb(results)
+        if results:
+            if self.committer is None:
+                self._absorb(results)
+            else:
+                self.to_commit.extend(results)
+        if self.to_commit and not self.commits:
+            self._start_commit()
+        if committed:
+            self._count(committed)
         if broken is not None:
             self._broken(broken)
 
+    def _start_commit(self) -> None:
+        """Hand what has arrived to the committer thread: at most one commit is in flight, and all
+        that arrives meanwhile goes into the next one, so the fsync of one batch overlaps the
+        dispatch of more work."""
+        batch, self.to_commit = self.to_commit, []
+        assert self.committer is not None
+        self.commits[self.committer.submit(self._write, batch)] = batch
+
     def _absorb(self, results: list[tuple[Sequence[int], ChunkResult]]) -> None:
         """Commit a batch of chunk results in one transaction, then count them."""
+        self._write(results)
+        self._count(results)
+
+    def _write(self, results: list[tuple[Sequence[int], ChunkResult]]) -> None:
+        """Record the items of a batch of chunk results in one durable transaction."""
+        if self.spec.flat:
+            return
+        if len(results) == 1:
+            keys, records = results[0][1].keys, results[0][1].records
+        else:
+            keys = [key for _, result in results for key in result.keys]
+            records = [record for _, result in results for record in result.records]
+        if keys:
+            self.store.put_columns(keys, records)
+
+    def _count(self, results: list[tuple[Sequence[int], ChunkResult]]) -> None:
+        """Count recorded results: statuses, the completion policy, observers."""
         fatal: dict[str, Any] | None = None
-        if not self.spec.flat:
-            if len(results) == 1:
-                keys, records = results[0][1].keys, results[0][1].records
-            else:
-                keys = [key for _, result in results for key in result.keys]
-                records = [record for _, result in results for record in result.records]
-            if keys:
-                self.store.put_columns(keys, records)
         finished: list[BatchItem[Any]] = []
         for indexes, result in results:
             if result.values:
@@ -417,6 +453,12 @@ class Coordinator:
         self.futures.clear()
         if any(not f.done() for f in running):
             self.executor.stop_running()
+        # A commit in flight lands before the map record is written; results not yet handed to the
+        # committer are dropped (those items are reported STARTED).
+        self.to_commit.clear()
+        if self.committer is not None:
+            self.committer.shutdown(wait=True)
+        self.commits.clear()
 
     def _interrupted(self) -> None:
         """Ctrl-C: dispatch nothing more, record what finishes within a short grace period, then
@@ -434,7 +476,7 @@ class Coordinator:
                   f"'{self.map_name}' (up to {grace:g} s). Press Ctrl-C again to stop now.",
                   file=sys.stderr, flush=True)
         try:
-            while self.futures and time.monotonic() < deadline:
+            while (self.futures or self.commits) and time.monotonic() < deadline:
                 self._collect(0.1)
         except KeyboardInterrupt:
             print("durablemap: second interrupt, stopping workers now", file=sys.stderr)
