@@ -285,7 +285,7 @@ def _commit(store: Store, ops: list[Op], ref: _Published, result: ChunkResult) -
             puts.append((key, value))
     if puts:
         store.put_many(puts)
-    finished = {index for index, _ in result.records}
+    finished = set(result.indexes)
     item_len = len(ref.prefix) + COMPONENT_SIZE
     for kind, key, value in ops:
         if len(key) < item_len or not key.startswith(ref.prefix):
