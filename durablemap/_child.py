@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from durablemap._context import failed_again
-from durablemap._errors import ChildContextError, ErrorObject, ExecutionError, SerDesError
+from durablemap._errors import ChildContextError, ErrorObject, ExecutionError, InvocationError, SerDesError
 from durablemap._records import Kind, Record, Status, encode_record
 from durablemap._step import operation_name
 from durablemap._store import op_key, path_str
@@ -67,7 +67,7 @@ def run_child(ctx: DurableContext, func: Callable[[DurableContext], T], name: st
 
     try:
         value = func(child)
-    except (ExecutionError, SerDesError):
+    except (ExecutionError, InvocationError, SerDesError):
         raise
     except Exception as exc:
         error = ErrorObject.from_exception(exc)

@@ -10,6 +10,7 @@ from durablemap._context import ContextLogger, StepContext, failed_again
 from durablemap._errors import (
     ErrorObject,
     ExecutionError,
+    InvocationError,
     SerDesError,
     StepError,
     StepInterruptedError,
@@ -109,8 +110,8 @@ def _run_attempts(ctx: DurableContext, func: Callable[[StepContext], T], name: s
             try:
                 logger = ContextLogger(ctx, {"operationId": op_id, "operationName": name, "attempt": attempt})
                 value = func(StepContext(attempt, logger))
-            except ExecutionError:
-                raise
+            except (ExecutionError, InvocationError):
+                raise  # these end the run (or the execution); a retry strategy never sees them
             except Exception as exc:
                 pending_error = exc
         if pending_error is not None:

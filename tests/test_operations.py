@@ -17,6 +17,7 @@ import pytest
 
 from durablemap import (
     DurableContext,
+    DurableExecutionsError,
     Duration,
     ExecutionError,
     NonDeterministicExecutionError,
@@ -26,6 +27,7 @@ from durablemap import (
     durable_with_child_context,
 )
 from durablemap._clock import Clock, VirtualClock
+from durablemap._errors import RetryableSerDesError
 from durablemap._records import decode_record
 from durablemap._store import Store, decode_key, execution_prefix, path_str
 from durablemap.config import MapConfig, NestingType, ParallelConfig, StepConfig, StepSemantics
@@ -713,3 +715,24 @@ def test_a_step_logger_names_the_step_and_its_attempt(tmp_path: Path, caplog: py
     run(handler, None, tmp_path, executor="inline", clock=VirtualClock())
     assert [(r.getMessage(), r.operationId, r.operationName, r.attempt) for r in caplog.records] == [
         ("attempt 1", "2", "talk", 1), ("attempt 2", "2", "talk", 2)]
+
+
+def transient_item(context: DurableContext, item: str, index: int, items: Any) -> Any:
+    def flaky_serdes(step_context: StepContext) -> None:
+        note(item, f"attempt {step_context.attempt}")
+        raise RetryableSerDesError("the encoder's resource is busy")
+
+    return context.step(flaky_serdes, name="flaky_serdes")
+
+
+@durable_execution
+def transient_map(event: dict[str, Any], context: DurableContext) -> Any:
+    return context.map([event["log"]], transient_item).to_dict()
+
+
+def test_an_invocation_error_in_a_step_is_not_retried_and_ends_the_run(tmp_path: Path) -> None:
+    with pytest.raises(DurableExecutionsError, match="resource is busy"):
+        run(transient_map, {"log": str(tmp_path)}, tmp_path, clock=VirtualClock())
+    assert calls(tmp_path) == ["attempt 1"]
+    recs = records(tmp_path / "store", "test")
+    assert "1/0" not in recs, "the item is not recorded FAILED: a later run may succeed"
