@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,10 +36,18 @@ SMALL_MAP = 256 * 1024  # a few dozen pages: any real amount of data must grow i
 
 @pytest.fixture(autouse=True)
 def no_children_left() -> Iterator[None]:
-    """Every test that starts processes must leave none behind."""
+    """Every test that starts processes must leave none behind (processes that were there before
+    the test, such as an earlier test's idle worker pool, are not its to clean up)."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     yield
-    children = psutil.Process().children(recursive=True)
-    assert children == [], f"processes left behind: {children}"
+    deadline = time.monotonic() + 5
+    while True:
+        left = [p for p in psutil.Process().children(recursive=True)
+                if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert left == [], f"processes left behind: {left}"
 
 
 @pytest.fixture
