@@ -315,7 +315,7 @@ def serialize_value(serdes: SerDes[Any] | None, value: Any, operation_id: str, e
     try:
         if type(chosen) is MsgpackSerDes:
             return _pack(value)  # the hot path: the default ignores the context, so skip building it
-        return chosen.serialize(value, SerDesContext(operation_id, execution_id))
+        data = chosen.serialize(value, SerDesContext(operation_id, execution_id))
     except (SerDesError, RetryableSerDesError):
         raise
     except Exception as e:
@@ -324,6 +324,17 @@ def serialize_value(serdes: SerDes[Any] | None, value: Any, operation_id: str, e
             f"{type(chosen).__name__} supports, or pass a SerDes that can encode "
             f"{_type_name(value)}."
         ) from e
+    if type(data) is bytes or type(data) is str:
+        return data
+    if isinstance(data, str):
+        return str.__str__(data)
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    # Anything else would be written into the record as it is (or fail to be written at all).
+    raise SerDesError(
+        f"Serialization failed for operation {operation_id}: {type(chosen).__name__}.serialize returned "
+        f"{_type_name(data)}; a SerDes must return str or bytes."
+    )
 
 
 def deserialize_value(serdes: SerDes[Any] | None, data: str | bytes, operation_id: str, execution_id: str) -> Any:
