@@ -170,6 +170,13 @@ def test_a_wrapping_item_serdes_is_stored_byte_for_byte_and_read_back_through_it
     assert calls(log, "func ") == []
 
 
+def test_the_item_serdes_sees_the_item_operation_id_when_it_deserializes(tmp_path: Path) -> None:
+    log = str(tmp_path)
+    run(wrap_map, {"log": log, "poison": str(tmp_path / "none")}, tmp_path)
+    # What serialize saw for an item is what deserialize sees, as a FileSystemSerDes-like serdes needs.
+    assert [line.split()[1] for line in calls(log, "de ")] == [line.split()[1] for line in calls(log, "ser ")]
+
+
 def text_item(ctx: DurableContext, item: int, index: int, items: Any) -> Any:
     return [item, str(item)]
 
@@ -425,6 +432,32 @@ def test_a_record_that_cannot_be_decoded_on_replay_raises_serdes_error_naming_it
     (tmp_path / "broken").touch()
     with pytest.raises(SerDesError, match=r"item 0 of map '1'.*cannot be deserialized.*cannot read this any more"):
         run(picky_map, event, tmp_path)
+
+
+class BadOutput(SerDes[Any]):
+    """Returns a dict for 0 and an object for 1 (neither str nor bytes), a bytearray (bytes-like) for 2."""
+
+    def serialize(self, value: Any, serdes_context: SerDesContext) -> Any:
+        return [{"v": value}, Thing(), bytearray(b"2")][value]
+
+    def deserialize(self, data: Any, serdes_context: SerDesContext) -> Any:
+        assert type(data) is bytes, data
+        return int(data)
+
+
+@durable_execution
+def bad_output_map(event: Any, context: DurableContext) -> Any:
+    return context.map([0, 1, 2], identity, name="bad", config=MapConfig(item_serdes=BadOutput())).to_dict()
+
+
+def test_a_serdes_returning_neither_str_nor_bytes_fails_the_item_not_the_job(tmp_path: Path) -> None:
+    entries = run(bad_output_map, None, tmp_path)["all"]
+    assert [entry["status"] for entry in entries] == ["FAILED", "FAILED", "SUCCEEDED"]
+    for index, type_name in ((0, "dict"), (1, "tests.test_serdes_map.Thing")):
+        message = entries[index]["error"]["ErrorMessage"]
+        assert f"item {index} of map '1'" in message and f"BadOutput.serialize returned {type_name}" in message
+        assert "str or bytes" in message
+    assert (entries[2]["result"], record_at(tmp_path, (1, 2)).payload) == (2, b"2")
 
 
 # -- step and child serdes inside items ---------------------------------------------------------------------
