@@ -309,11 +309,28 @@ def _retire_after_this_chunk() -> None:
     # loky's worker loop checks its RSS after every task and, when it grew past
     # _MAX_MEMORY_LEAK_SIZE, hands its pid back to the executor and exits cleanly; the executor
     # starts a fresh worker and nothing breaks. Setting the threshold below zero makes the next
-    # check retire this worker. (The first task of a worker only takes loky's reference reading, so
-    # a worker over the limit in its first task retires after its second.)
+    # check retire this worker.
     from loky import process_executor
     process_executor._MEMORY_LEAK_CHECK_DELAY = -1.0
     process_executor._MAX_MEMORY_LEAK_SIZE = -(2**62)
+    _give_loky_a_reference()
+
+
+def _give_loky_a_reference() -> None:
+    # After a worker's first task loky only takes its reference reading, and checks from the
+    # second task on. A worker over the limit in its first task would run one more; so when that
+    # reading is still missing, set it (a local of loky's worker loop) to 0.
+    import ctypes
+    import sys
+    frame = sys._getframe()
+    while frame is not None and frame.f_code.co_name != "_process_worker":
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None or frame.f_locals.get("_process_reference_size", 0) is not None:
+        return
+    with contextlib.suppress(Exception):
+        frame.f_locals["_process_reference_size"] = 0
+        if sys.version_info < (3, 13):  # 3.13 writes f_locals through (PEP 667)
+            ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))
 
 
 _item_memory: ItemMemory | None = None
