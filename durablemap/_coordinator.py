@@ -34,8 +34,12 @@ from durablemap._completion import CompletionPolicy
 from durablemap._errors import (
     ErrorObject,
     ExecutionError,
+    InvocationError,
     ItemTimeoutError,
     NonDeterministicExecutionError,
+    RetryableSerDesError,
+    StepInterruptedError,
+    UnrecoverableError,
     WorkerCrashedError,
 )
 from durablemap._memory import MemoryLimits, MemoryMonitor, ignore_recycling_warning
@@ -298,9 +302,7 @@ class Coordinator:
         if finished:
             self._finish(finished)
         if fatal is not None:
-            nondeterministic = fatal["type"].endswith("NonDeterministicExecutionError")
-            cls = NonDeterministicExecutionError if nondeterministic else ExecutionError
-            raise cls(f"Item {fatal['index']} of map '{self.map_name}': {fatal['message']}")
+            raise _fatal_error(fatal, self.map_name)
 
     def _finish_range(self, indexes: range, values: list[Any]) -> None:
         """Count a contiguous run of SUCCEEDED items at once (no criterion can stop the map early)."""
@@ -359,7 +361,7 @@ class Coordinator:
                 culprits = set(lost)
         else:
             self.blind_breaks = 0
-        how = _exit_description(error)
+        how, advice = self._crash_cause(error)
         writes: list[tuple[bytes, bytes]] = []
         finished: list[BatchItem[Any]] = []
         for index in sorted(set(lost)):
@@ -379,9 +381,8 @@ class Coordinator:
                 if crashes >= self.max_crashes:
                     finished.append(self._fail(index, WorkerCrashedError(
                         f"The worker process running item {index} of map '{self.map_name}' died "
-                        f"({how}) {crashes} times; the item is FAILED and the map goes on. Look for "
-                        "a segfault, os._exit or the OOM killer in that item, or raise "
-                        "MapConfig.max_worker_crashes."), None, writes))
+                        f"({how}) {crashes} times; the item is FAILED and the map goes on. {advice}"),
+                        None, writes))
                     continue
                 name = self.names[index] if self.names is not None else None
                 writes.append((self.prefix + index.to_bytes(4, "big"), encode_record(Record(
@@ -397,6 +398,19 @@ class Coordinator:
             self.store.put_many(writes)
         self._finish(finished)
         self.executor.restart()
+
+    def _crash_cause(self, error: BaseException) -> tuple[str, str]:
+        """How the worker died, and what the user can do about it."""
+        how = _exit_description(error)
+        advice = ("Look for a segfault, os._exit or the OOM killer in that item, or raise "
+                  "MapConfig.max_worker_crashes.")
+        if self.memory is not None and self.memory.killed:
+            rss = max(self.memory.killed.values())
+            how += f"; durablemap killed it at {rss / 2**20:.0f} MiB, over the worker memory hard limit"
+            advice = ("The item needs more memory than the worker limit allows: raise "
+                      "MapConfig.worker_memory_limit, or make the item smaller.")
+            self.memory.killed.clear()
+        return how, advice
 
     def _fail(self, index: int, exc: Exception, data: str | None,
               writes: list[tuple[bytes, bytes]]) -> BatchItem[Any]:
@@ -484,6 +498,18 @@ class Coordinator:
             pass
         finally:
             self._abandon()
+
+
+def _fatal_error(fatal: dict[str, Any], map_name: str) -> BaseException:
+    """The error an item raised that ends the execution (ExecutionError) or this run
+    (InvocationError, such as RetryableSerDesError), rebuilt with its own class."""
+    cls = _UNRECOVERABLE.get(fatal["type"].rsplit(".", 1)[-1], ExecutionError)
+    return cls(f"Item {fatal['index']} of map '{map_name}': {fatal['message']}")
+
+
+_UNRECOVERABLE: dict[str, type[UnrecoverableError]] = {
+    cls.__name__: cls for cls in (ExecutionError, NonDeterministicExecutionError, InvocationError,
+                                  StepInterruptedError, RetryableSerDesError)}
 
 
 def _exit_description(error: BaseException) -> str:

@@ -77,9 +77,15 @@ class DurableFunction:
     def run(self, event: Any = None, *, store: str | os.PathLike[str] | None = None,
             execution_id: str | None = None, workers: int | None = None, retry_failed: bool = False,
             progress: bool | None = None, executor: Any = None, observers: list[Any] | None = None,
-            clock: Clock | None = None) -> Any:
+            clock: Clock | None = None, memory_budget: int | None = None,
+            worker_memory_limit: int | None = None) -> Any:
         """Run the handler as execution ``execution_id`` (default: derived from the handler and the
-        event) on ``store`` (default: ``$DURABLEMAP_STORE``, else ``./.durablemap``)."""
+        event) on ``store`` (default: ``$DURABLEMAP_STORE``, else ``./.durablemap``).
+
+        ``memory_budget`` (bytes, coordinator and workers together) holds back new items while
+        memory is over it; ``worker_memory_limit`` (bytes) recycles a worker above it after its item
+        and kills it at 1.5 times that. Both default to ``$DURABLEMAP_MEMORY_BUDGET`` /
+        ``$DURABLEMAP_WORKER_MEMORY_LIMIT``, and ``MapConfig`` overrides them per map."""
         path = os.fspath(store or self.store or default_store_path())
         execution_id = execution_id or default_execution_id(self.func, event)
         store_handle = Store.for_process(path)
@@ -95,7 +101,9 @@ class DurableFunction:
             retry_failed=retry_failed,
             executor=make_executor(executor or self.executor, workers or self.workers),
             observers=Observers(observer_list),
-            settings={"grace_seconds": _env_float("DURABLEMAP_GRACE_SECONDS", 5.0)})
+            settings={"grace_seconds": _env_float("DURABLEMAP_GRACE_SECONDS", 5.0),
+                      **({"memory_budget": memory_budget} if memory_budget else {}),
+                      **({"worker_memory_limit": worker_memory_limit} if worker_memory_limit else {})})
         store_handle.acquire_lock(execution_id)
         try:
             with _sigterm_as_interrupt():

@@ -76,6 +76,7 @@ class ChunkResult:
 
 
 _slot: SlotWriter | None = None
+_depth = 0  # how many run_chunk calls are active in this process (nested maps nest them)
 _specs: OrderedDict[str, MapSpec] = OrderedDict()
 _SPEC_CACHE = 4
 
@@ -117,14 +118,23 @@ def run_chunk_from_file(ref: tuple[int, str], indexes: Sequence[int]) -> ChunkRe
 
 def run_chunk(spec: MapSpec, indexes: Sequence[int]) -> ChunkResult:
     """Run the items at ``indexes`` one after another; stop at an error that ends the execution."""
+    global _depth
     start = time.perf_counter()
-    if spec.item_serdes is None and spec.names is None:
-        return _run_plain_chunk(spec, indexes, start)
+    _depth += 1  # a nested map's chunk runs inside an item: the slot keeps naming the outer item
+    try:
+        if spec.item_serdes is None and spec.names is None:
+            return _run_plain_chunk(spec, indexes, start)
+        return _run_any_chunk(spec, indexes, start)
+    finally:
+        _depth -= 1
+
+
+def _run_any_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> ChunkResult:
     keys: list[bytes] = []
     records: list[bytes] = []
     values: list[Any] = []
     errors: dict[int, dict[str, Any]] | None = None
-    slot, token, prefix = _slot, spec.token, spec.key_prefix
+    slot, token, prefix = _slot if _depth == 1 else None, spec.token, spec.key_prefix
     fatal = None
     for index in indexes:
         if slot is not None:
@@ -154,7 +164,7 @@ def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chu
     records: list[bytes] = []
     values: list[Any] = []
     errors: dict[int, dict[str, Any]] | None = None
-    slot, token, prefix = _slot, spec.token, spec.key_prefix
+    slot, token, prefix = _slot if _depth == 1 else None, spec.token, spec.key_prefix
     state, func, inputs, base, limit = spec.state, spec.func, spec.inputs, spec.path, spec.worker_memory_limit
     head = record_head(Kind.CONTEXT, Status.SUCCEEDED, spec.sub_type)
     fingerprints, fatal = spec.fingerprints, None
@@ -221,9 +231,14 @@ def run_item(spec: MapSpec, index: int) -> tuple[Any, bytes, dict[str, Any] | No
                     encode_inline_item(Kind.CONTEXT, Status.SUCCEEDED, name, spec.sub_type, None, meta, payload),
                     None)
         encoded = serialize_value(serdes, value, path_str(path), state.execution_id)
-        returned = deserialize_value(serdes, encoded, path_str(path), state.execution_id)
     except SerDesError as exc:
         return _unserializable(spec, index, name, exc, meta)
+    try:
+        returned = deserialize_value(serdes, encoded, path_str(path), state.execution_id)
+    except SerDesError as exc:
+        return _failed(spec, name, ErrorObject.from_exception(SerDesError(
+            f"The result of item {index} of map '{path_str(spec.path)}' was serialized but its serdes "
+            f"cannot read it back: {exc}")), meta)
     return returned, encode_record(Record(Kind.CONTEXT, Status.SUCCEEDED, name, spec.sub_type, encoded,
                                           None, meta)), None
 

@@ -27,7 +27,9 @@ from durablemap import (
     ValidationError,
     durable_execution,
 )
+from durablemap._errors import RetryableSerDesError
 from durablemap.config import MapConfig
+from durablemap.serdes import SerDes, SerDesContext
 
 
 def exit_3() -> None:
@@ -274,3 +276,24 @@ def test_garbage_records_give_store_error(tmp_path: Path) -> None:
 @durable_execution
 def logging_handler(event: Any, context: DurableContext) -> Any:
     return context.map([1, 2], identity).get_results()
+
+
+# -- errors that end the run, not the item ------------------------------------------------------
+class FlakySerDes(SerDes[Any]):
+    """A serdes whose backend is down: the whole run should fail and be retried, not the item."""
+
+    def serialize(self, value: Any, serdes_context: SerDesContext) -> bytes:
+        raise RetryableSerDesError("the serialization backend is unavailable; try later")
+
+    def deserialize(self, data: str | bytes, serdes_context: SerDesContext) -> Any:
+        return data
+
+
+@durable_execution
+def flaky_serdes(event: Any, context: DurableContext) -> Any:
+    return context.map([1, 2, 3], identity, config=MapConfig(item_serdes=FlakySerDes()))
+
+
+def test_retryable_serdes_error_propagates_with_its_type(tmp_path: Path) -> None:
+    with pytest.raises(RetryableSerDesError, match="try later"):
+        flaky_serdes.run(None, store=tmp_path / "s", workers=2)
