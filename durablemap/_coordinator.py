@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Any
+from typing import Any, cast
 
 from durablemap._batch import BatchItem, BatchItemStatus, CompletionReason
 from durablemap._completion import CompletionPolicy
@@ -59,6 +59,7 @@ _CHUNK_SECONDS = 0.05  # target duration of one chunk: large enough to hide disp
 _MAX_CHUNK = 16384
 _GRACE_SECONDS = 5.0
 _DONE_RUN = bytes([_DONE]) * _MAX_CHUNK  # codes of a finished chunk, sliced
+_RUNNING_RUN = bytes([_RUNNING]) * _MAX_CHUNK
 
 
 def _items(result: ChunkResult) -> list[BatchItem[Any]]:
@@ -166,7 +167,9 @@ class Coordinator:
         if started:
             for index in started:
                 self.items[index] = BatchItem(index, BatchItemStatus.STARTED)
-        items = [item for item in self.items if item is not None]
+        # When every item started there are no gaps to leave out.
+        items = (cast("list[BatchItem[Any]]", self.items) if _NEW not in self.codes
+                 else [item for item in self.items if item is not None])
         if self.observers:
             self.observers.call("map_finished", self.info, self.reason.value, self.succeeded, self.failed)
         return MapOutcome(items, self.reason, started, self.succeeded, self.failed)
@@ -206,8 +209,11 @@ class Coordinator:
             indexes = self._take(size)
             if not indexes:
                 return
-            for index in indexes:
-                self.codes[index] = _RUNNING
+            if isinstance(indexes, range):
+                self.codes[indexes.start:indexes.stop] = _RUNNING_RUN[:len(indexes)]
+            else:
+                for index in indexes:
+                    self.codes[index] = _RUNNING
             self.in_flight += len(indexes)
             self.futures[self.executor.submit(self.ref, indexes)] = indexes
 

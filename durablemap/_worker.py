@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
+import msgpack
 
 from durablemap._context import DurableContext
 from durablemap._errors import (
@@ -174,7 +175,7 @@ def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chu
             slot.begin(token, index)
         state.item_index = index
         item = inputs[index]
-        meta = {"fp": fingerprint(item)} if fingerprints else None
+        fp = fingerprint(item) if fingerprints else None
         try:
             value = func(DurableContext(state, (*base, index)), item, index, inputs)
             payload = pack_default(value)
@@ -182,12 +183,17 @@ def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chu
             fatal = {"type": error_type_name(exc), "message": str(exc), "index": index}
             break
         except SerDesError as exc:
-            value, record, error = _unserializable(spec, index, None, exc, note_peak(meta, limit))
+            value, record, error = _unserializable(spec, index, None, exc, _meta(fp, note_peak(None, limit)))
         except Exception as exc:
-            value, record, error = _failed(spec, None, ErrorObject.from_exception(exc), note_peak(meta, limit))
+            error_object = ErrorObject.from_exception(exc)
+            value, record, error = _failed(spec, None, error_object, _meta(fp, note_peak(None, limit)))
         else:
             value, error = unpack_default(payload), None
-            record = head + pack_default(note_peak(meta, limit)) + payload
+            peak = note_peak(None, limit)
+            if peak is None and fp is not None:
+                record = head + _FP_META + _plain_pack(fp) + payload  # {"fp": fp}, packed by hand
+            else:
+                record = head + pack_default(_meta(fp, peak)) + payload
         if error is not None:
             if errors is None:
                 errors = {}
@@ -199,6 +205,16 @@ def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chu
         slot.end()
     ran = indexes if fatal is None else indexes[:len(keys)]
     return ChunkResult(token, ran, keys, records, values, errors, time.perf_counter() - start, fatal)
+
+
+_FP_META = b"\x81\xa2fp"  # msgpack: a map of one entry, key "fp"
+_plain_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def _meta(fp: int | bytes | None, peak: dict[str, Any] | None) -> dict[str, Any] | None:
+    if fp is None:
+        return peak
+    return {"fp": fp} if peak is None else {"fp": fp, **peak}
 
 
 def _unserializable(spec: MapSpec, index: int, name: str | None, exc: SerDesError,
