@@ -29,7 +29,7 @@ from durablemap._errors import (
 from durablemap._fingerprint import fingerprint
 from durablemap._memory import MemoryLimits
 from durablemap._observe import MapInfo
-from durablemap._records import Kind, Record, Status, encode_record
+from durablemap._records import Kind, Record, Status, compact_fields, encode_record
 from durablemap._step import operation_name
 from durablemap._store import op_key, path_str
 from durablemap._worker import MapSpec
@@ -246,8 +246,8 @@ def _item_records(state: Any, path: tuple[int, ...], item_serdes: Any) -> Iterat
     (SUCCEEDED items; None otherwise)."""
     op_id = path_str(path)
     for index, fields in _raw_item_records(state, path):
-        if len(fields) == 8:
-            yield index, fields, fields[7]
+        if len(fields) == 3:
+            yield index, compact_fields(fields), fields[2]
         elif fields[1] == "SUCCEEDED":
             yield index, fields, _decode_item(item_serdes, fields[4], op_id, index, state.execution_id)
         else:
@@ -296,20 +296,23 @@ def _replay(state: Any, path: tuple[int, ...], record: Record,
         return result
     item_serdes = config.item_serdes or config.serdes
     started = set(record.get("started") or ())
-    items: list[BatchItem[Any]] = []
-    append, succeeded, failed = items.append, BatchItemStatus.SUCCEEDED, BatchItemStatus.FAILED
+    rows: list[tuple[int, BatchItemStatus, Any, ErrorObject | None]] = []
+    append, succeeded, failed = rows.append, BatchItemStatus.SUCCEEDED, BatchItemStatus.FAILED
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a million new tuples would otherwise trigger full collections over all of them
     try:
         for index, fields in _raw_item_records(state, path):
-            status = fields[1]
-            if status == "SUCCEEDED":
-                if index not in started:
-                    value = fields[7] if len(fields) == 8 else _decode_item(
-                        item_serdes, fields[4], op_id, index, state.execution_id)
-                    append(BatchItem(index, succeeded, value, None))
-            elif status == "FAILED" and index not in started:
-                append(BatchItem(index, failed, None, ErrorObject.from_dict(fields[5] or {})))
+            if len(fields) == 3:  # the common case first: compact, SUCCEEDED
+                if not started or index not in started:
+                    append((index, succeeded, fields[2], None))
+            elif index in started:
+                continue
+            elif fields[1] == "SUCCEEDED":
+                append((index, succeeded, _decode_item(item_serdes, fields[4], op_id, index, state.execution_id),
+                        None))
+            elif fields[1] == "FAILED":
+                append((index, failed, None, ErrorObject.from_dict(fields[5] or {})))
+        items = BatchItem.from_rows(rows)
     finally:
         if gc_was_enabled:
             gc.enable()

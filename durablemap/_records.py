@@ -11,11 +11,13 @@ A record is a msgpack array ``[kind, status, name, sub_type, payload, error, met
 - ``error``: an ``ErrorObject.to_dict()``, or None.
 - ``meta``: a small dict of operation-specific facts (attempt, deadline, counts, ...), or None.
 
-A map item whose result was written by the default serdes uses an eighth field instead of
-``payload``: ``[kind, status, name, sub_type, None, error, meta, value]``, where ``value`` is the
-default serdes' msgpack encoding spliced in as it is. One unpack then decodes record and value
-together, which is what makes replaying a million items fast; ``decode_record`` gives such a
-record's ``payload`` as the same msgpack bytes, so readers need not care.
+A SUCCEEDED map item or parallel branch with its default name, whose result was written by the
+default serdes, is stored compactly: ``[code, meta, value]``, where ``code`` says the sub_type (1:
+MapIteration, 2: ParallelBranch), ``meta`` is the meta dict or, when all it holds is the input
+fingerprint, the fingerprint alone, and ``value`` is the default serdes' msgpack encoding spliced in
+as it is. One unpack then decodes record and value together, with few objects made: that is what
+makes replaying a million items fast. ``decode_record`` expands such a record to the seven fields
+(its ``payload`` being the same msgpack bytes), so other readers need not care.
 
 Records never hold pickles: decoding one runs no user code.
 """
@@ -32,7 +34,8 @@ from durablemap._errors import StoreError
 from durablemap.serdes import DEFAULT_SERDES, SerDesContext, unpack_default
 
 __all__ = [
-    "Kind", "Record", "Status", "decode_raw", "decode_record", "encode_inline_item", "encode_record", "record_head",
+    "Kind", "Record", "Status", "compact_fields", "decode_raw", "decode_record", "encode_inline_item", "encode_record",
+    "record_head",
 ]
 
 
@@ -86,25 +89,41 @@ def encode_record(record: Record) -> bytes:
     return data
 
 
-_ARRAY8 = b"\x98"
-_NIL = b"\xc0"
+_ARRAY3 = b"\x93"
+_COMPACT_SUB_TYPES = {1: "MapIteration", 2: "ParallelBranch"}
+_COMPACT_CODES = {sub_type: code for code, sub_type in _COMPACT_SUB_TYPES.items()}
 
 
 def encode_inline_item(kind: str, status: str, name: str | None, sub_type: str,
                        error: dict[str, Any] | None, meta: dict[str, Any] | None, value: bytes) -> bytes:
-    """A record whose value is default-serdes msgpack ``value``, spliced in as the eighth field."""
-    if name is None and error is None:
-        record: bytes = record_head(kind, status, sub_type) + _pack(meta) + value
-        return record
-    return b"".join((_ARRAY8, _pack(kind), _pack(status), _pack(name), _pack(sub_type), _NIL,
-                     _pack(error), _pack(meta), value))
+    """The record of an item whose result ``value`` is default-serdes msgpack: compact when it can
+    be (see the module docstring), else the seven fields with ``value`` as the payload."""
+    head = record_head(kind, status, sub_type) if name is None and error is None else None
+    if head is None:
+        return encode_record(Record(kind, status, name, sub_type, value, error, meta))
+    record: bytes = head + _pack(meta) + value
+    return record
 
 
 @functools.cache
-def record_head(kind: str, status: str, sub_type: str) -> bytes:
-    """The fields before ``meta`` of an inline record of an unnamed item without error: the same
-    bytes for every such item."""
-    return b"".join((_ARRAY8, _pack(kind), _pack(status), _NIL, _pack(sub_type), _NIL, _NIL))
+def record_head(kind: str, status: str, sub_type: str) -> bytes | None:
+    """The bytes before ``meta`` of a compact record of this kind, status and sub_type, or None
+    when such records are not stored compactly."""
+    code = _COMPACT_CODES.get(sub_type)
+    if kind != Kind.CONTEXT or status != Status.SUCCEEDED or code is None:
+        return None
+    head: bytes = _ARRAY3 + _pack(code)
+    return head
+
+
+def compact_fields(fields: list[Any]) -> list[Any]:
+    """The seven fields of a compact record (``fields`` as ``decode_raw`` gave them), the value's
+    msgpack bytes as payload."""
+    code, meta, value = fields
+    if meta is not None and not isinstance(meta, dict):
+        meta = {"fp": meta}
+    return [Kind.CONTEXT.value, Status.SUCCEEDED.value, None, _COMPACT_SUB_TYPES[code],
+            DEFAULT_SERDES.serialize(value, _CONTEXT), None, meta]
 
 
 def decode_raw(data: bytes) -> list[Any]:
@@ -118,11 +137,10 @@ def decode_record(data: bytes, where: str = "") -> Record:
     """Decode record bytes; anything that is not a record raises :class:`StoreError`."""
     try:
         fields = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        if not isinstance(fields, list) or len(fields) not in (7, 8):
-            raise ValueError("not a 7-field array")
-        if len(fields) == 8:
-            fields = decode_raw(data)
-            fields[4] = DEFAULT_SERDES.serialize(fields.pop(), _CONTEXT)
+        if not isinstance(fields, list) or len(fields) not in (3, 7):
+            raise ValueError("not a record array")
+        if len(fields) == 3:
+            fields = compact_fields(decode_raw(data))
         return Record(*fields)
     except Exception as exc:
         raise StoreError(

@@ -190,8 +190,11 @@ def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chu
         else:
             value, error = unpack_default(payload), None
             peak = note_peak(None, limit)
-            if peak is None and fp is not None:
-                record = head + _FP_META + _plain_pack(fp) + payload  # {"fp": fp}, packed by hand
+            if head is None:
+                record = encode_inline_item(Kind.CONTEXT, Status.SUCCEEDED, None, spec.sub_type, None,
+                                            _meta(fp, peak), payload)
+            elif peak is None:
+                record = head + _plain_pack(fp) + payload  # compact: the fingerprint stands for meta
             else:
                 record = head + pack_default(_meta(fp, peak)) + payload
         if error is not None:
@@ -207,7 +210,6 @@ def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chu
     return ChunkResult(token, ran, keys, records, values, errors, time.perf_counter() - start, fatal)
 
 
-_FP_META = b"\x81\xa2fp"  # msgpack: a map of one entry, key "fp"
 _plain_pack = msgpack.Packer(use_bin_type=True).pack
 
 
