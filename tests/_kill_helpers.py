@@ -16,9 +16,17 @@ import psutil
 
 def start(script: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start ``python script args`` in its own session (so its workers share its process group)."""
-    return subprocess.Popen([sys.executable, str(script), *args], start_new_session=True,
+    return subprocess.Popen([*PYTHON, str(script), *args], start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, **(env or {})})
+
+
+# ``python`` with the default SIGINT disposition. A shell that runs the test suite in the background
+# ignores SIGINT, children inherit that, and Python then never raises KeyboardInterrupt: Ctrl-C tests
+# would test nothing. This resets it and execs the real command.
+PYTHON = [sys.executable, "-c",
+          "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+          "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:

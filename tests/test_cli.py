@@ -21,6 +21,8 @@ from typing import Any
 import psutil
 import pytest
 
+from ._kill_helpers import PYTHON
+
 JOBS = str(Path(__file__).with_name("cli_jobs.py"))
 BATCH = f"{JOBS}:batch"
 N = 200
@@ -69,7 +71,7 @@ def wait_for_items(env: dict[str, str], job: subprocess.Popen[str], at_least: in
 def test_interrupt_inspect_resume_retry_failed_rm(env: dict[str, str]) -> None:
     hold = Path(env["CLI_JOB_DIR"]) / "hold"
     hold.touch()  # items from HOLD_FROM on wait for it: the job cannot finish before the interrupt
-    job = subprocess.Popen([sys.executable, "-m", "durablemap", "run", BATCH, "--input", json.dumps({"n": N}),
+    job = subprocess.Popen([*PYTHON, "-m", "durablemap", "run", BATCH, "--input", json.dumps({"n": N}),
                             "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True, start_new_session=True)
     try:
@@ -200,7 +202,7 @@ def test_nested_tree_and_gc(env: dict[str, str]) -> None:
 def test_read_commands_work_after_sigkill(env: dict[str, str]) -> None:
     hold = Path(env["CLI_JOB_DIR"]) / "hold"
     hold.touch()
-    job = subprocess.Popen([sys.executable, "-m", "durablemap", "run", BATCH, "--input", json.dumps({"n": N}),
+    job = subprocess.Popen([*PYTHON, "-m", "durablemap", "run", BATCH, "--input", json.dumps({"n": N}),
                             "--execution-id", "killed"], env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:

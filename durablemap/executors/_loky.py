@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -93,6 +94,10 @@ class LokyExecutor:
     def stop_running(self) -> None:
         """Kill the workers (items still running are abandoned); the next map gets fresh ones."""
         self._pool().shutdown(wait=True, kill_workers=True)
+        # A pool that broke earlier may have left workers loky no longer tracks: their slots know them.
+        for pid in self.slots.live_pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
     def worker_pids(self) -> list[int]:
         """Live worker pids, from their slots."""
