@@ -188,7 +188,9 @@ def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chu
             error_object = ErrorObject.from_exception(exc)
             value, record, error = _failed(spec, None, error_object, _meta(fp, note_peak(None, limit)))
         else:
-            value, error = unpack_default(payload), None
+            if type(value) not in _SELF_DECODING:
+                value = unpack_default(payload)
+            error = None
             peak = note_peak(None, limit)
             if head is None:
                 record = encode_inline_item(Kind.CONTEXT, Status.SUCCEEDED, None, spec.sub_type, None,
@@ -211,6 +213,8 @@ def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chu
 
 
 _plain_pack = msgpack.Packer(use_bin_type=True).pack
+# Values the default serdes gives back unchanged, type included: no need to decode what was encoded.
+_SELF_DECODING = frozenset((int, float, str, bool, type(None)))
 
 
 def _meta(fp: int | bytes | None, peak: dict[str, Any] | None) -> dict[str, Any] | None:
