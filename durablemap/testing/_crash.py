@@ -324,7 +324,8 @@ def _init_worker_with_hooks(slot_dir: str, parent_pid: int) -> None:
 
 def _install_hooks(plan: dict[str, Any], *, in_worker: bool) -> None:
     """Wrap this process's store commits: journal finished records, kill at the planned one."""
-    put, put_many = Store.put, Store.put_many
+    # Every way a record commits: one, many, or a group commit of keys and values.
+    put, put_many, put_columns = Store.put, Store.put_many, Store.put_columns
     prefix = execution_prefix(plan["execution_id"])
 
     def hooked_put(self: Store, key: bytes, value: bytes) -> None:
@@ -336,6 +337,11 @@ def _install_hooks(plan: dict[str, Any], *, in_worker: bool) -> None:
         put_many(self, pairs)
         _committed(plan, prefix, pairs, in_worker)
 
+    def hooked_put_columns(self: Store, keys: Any, values: Any) -> None:
+        put_columns(self, keys, values)
+        _committed(plan, prefix, list(zip(keys, values, strict=True)), in_worker)
+
+    Store.put_columns = hooked_put_columns  # type: ignore[method-assign]
     Store.put = hooked_put  # type: ignore[method-assign]
     Store.put_many = hooked_put_many  # type: ignore[method-assign]
 

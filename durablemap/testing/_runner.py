@@ -88,10 +88,15 @@ class _Snapshot:
             raw[path] = value
         return cls(execution_id, records, raw)
 
-    # ``_map._replay`` reads a map's items through ``state.store().scan_children``: this snapshot
+    # ``_map._replay`` reads a map's items through ``state.store().children_block``: this snapshot
     # plays both parts, so a summarised map is rebuilt exactly as a replay rebuilds it.
     def store(self) -> _Snapshot:
         return self
+
+    def children_block(self, prefix_key: bytes) -> tuple[bytes, list[bytes]]:
+        _eid, parent = decode_key(prefix_key)
+        paths = self.children.get(parent, [])
+        return b"".join(p[-1].to_bytes(4, "big") for p in paths), [self.raw[p] for p in paths]
 
     def scan_children(self, prefix_key: bytes) -> Iterator[tuple[int, bytes, bytes]]:
         _eid, parent = decode_key(prefix_key)
