@@ -103,6 +103,13 @@ def _run_batch(ctx: DurableContext, inputs: Sequence[Any], func: Callable[..., A
     path = ctx.next_path()
     record = ctx.lookup(path, Kind.CONTEXT, sub_type, name)
     state = ctx.state
+    flat = config.nesting_type == NestingType.FLAT
+    if record is not None and bool(record.get("flat", False)) != flat:
+        was, now = ("FLAT", "NESTED") if record.get("flat") else ("NESTED", "FLAT")
+        raise NonDeterministicExecutionError(
+            f"Non-deterministic operation identity at id='{path_str(path)}': the map was recorded with "
+            f"nesting_type {was}, and is now {now}. Restore the previous nesting_type, or start a new "
+            "execution (another execution_id, or `durablemap rm ID`).", step_id=path_str(path))
     if record is not None and record.finished:
         rerun = failed_again(record, state) or (
             state.retry_failed and record.status == Status.SUCCEEDED and record.get("failed", 0) > 0)
@@ -125,6 +132,7 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
     store = state.store()
     key = op_key(state.execution_id, path)
     op_id = path_str(path)
+    flat = config.nesting_type == NestingType.FLAT
 
     def put(status: str, payload: Any = None, error: dict[str, Any] | None = None,
             meta: dict[str, Any] | None = None) -> None:
@@ -132,7 +140,7 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
 
     def fail(exc: BaseException) -> ChildContextError:
         error = ErrorObject.from_exception(exc)
-        put(Status.FAILED, error=error.to_dict(), meta={"inputs": len(inputs)})
+        put(Status.FAILED, error=error.to_dict(), meta={"inputs": len(inputs), "flat": flat})
         return error.to_operation_error(ChildContextError)  # type: ignore[return-value]
 
     try:
@@ -141,7 +149,6 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
         raise fail(exc) from exc
     item_serdes = config.item_serdes or config.serdes
     executor = state.executor if (state.executor is not None and not state.in_worker) else InlineExecutor()
-    flat = config.nesting_type == NestingType.FLAT
     spec = MapSpec(int.from_bytes(os.urandom(8), "big") >> 1, state.for_worker(), path, func, inputs,
                    item_serdes, flat, item_sub_type, names, fingerprints=not flat, key_prefix=key)
     limits = MemoryLimits.resolve(state.settings, config.memory_budget, config.worker_memory_limit)
@@ -149,7 +156,7 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
     ref = executor.publish(spec)
     try:
         if record is None:
-            put(Status.STARTED, meta={"inputs": len(inputs)})
+            put(Status.STARTED, meta={"inputs": len(inputs), "flat": flat})
         prior = _read_prior(state, path, inputs, item_serdes, names, item_sub_type,
                             config.recompute_changed_inputs) if record else Prior()
         predicate = config.completion_config.should_complete
@@ -167,7 +174,7 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
     finally:
         executor.unpublish(ref)
     result: BatchResult[Any] = BatchResult(outcome.items, outcome.reason)
-    meta = {"inputs": len(inputs), "reason": outcome.reason.value, "total": len(outcome.items),
+    meta = {"inputs": len(inputs), "flat": flat, "reason": outcome.reason.value, "total": len(outcome.items),
             "started": outcome.started, "succeeded": outcome.succeeded, "failed": outcome.failed,
             **coordinator.memory_meta()}
     return _record_result(result, meta, config, put, fail, op_id, state.execution_id, spec.flat)

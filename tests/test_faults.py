@@ -28,7 +28,7 @@ from durablemap import (
     durable_execution,
 )
 from durablemap._errors import RetryableSerDesError
-from durablemap.config import MapConfig
+from durablemap.config import MapConfig, NestingType
 from durablemap.serdes import SerDes, SerDesContext
 
 
@@ -297,3 +297,20 @@ def flaky_serdes(event: Any, context: DurableContext) -> Any:
 def test_retryable_serdes_error_propagates_with_its_type(tmp_path: Path) -> None:
     with pytest.raises(RetryableSerDesError, match="try later"):
         flaky_serdes.run(None, store=tmp_path / "s", workers=2)
+
+
+@durable_execution
+def nesting(event: dict[str, Any], context: DurableContext) -> Any:
+    config = MapConfig(max_concurrency=1, nesting_type=NestingType[event["nesting"]])
+    return context.map([{"v": v, "dir": event["dir"]} for v in range(6)], double, config=config).get_results()
+
+
+def test_switching_nesting_type_on_resume_is_detected(tmp_path: Path) -> None:
+    store, run = tmp_path / "s", {"execution_id": "n", "workers": 2}
+    (tmp_path / "stop").touch()
+    with pytest.raises(ExecutionError):
+        nesting.run({"nesting": "NESTED", "dir": str(tmp_path)}, store=store, **run)
+    (tmp_path / "stop").unlink()
+    with pytest.raises(NonDeterministicExecutionError, match="nesting_type NESTED, and is now FLAT"):
+        nesting.run({"nesting": "FLAT", "dir": str(tmp_path)}, store=store, **run)
+    assert nesting.run({"nesting": "NESTED", "dir": str(tmp_path)}, store=store, **run) == [0, 2, 4, 6, 8, 10]
