@@ -184,7 +184,7 @@ def failures(execution_id: str, store: str | None, as_json: bool) -> None:
 
 
 def _stream_json_list(rows: Iterator[dict[str, Any]]) -> None:
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     out.write("[")
     for n, row in enumerate(rows):
         out.write(("\n" if n == 0 else ",\n") + json.dumps(row, default=str))
