@@ -5,6 +5,7 @@ store, and a SIGKILLed coordinator resumes from the store."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -286,3 +287,15 @@ def test_sigkill_of_the_coordinator_resumes_from_the_store(tmp_path: Path) -> No
     rerun = {int(line) for line in second_log.read_text().split()}
     assert not rerun & set(recorded)  # no item whose result had been recorded ran again
     assert rerun | set(recorded) == set(range(300))
+
+
+def test_cli_runs_a_handler_on_the_cluster(tmp_path: Path, client: Any) -> None:
+    """`durablemap run --executor dask --scheduler ADDRESS` sends the items to that scheduler."""
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent)}
+    argv = [sys.executable, "-m", "durablemap", "run", str(EXAMPLES / "01_square.py") + ":handler",
+            "--store", str(tmp_path / "store"), "--executor", "dask", "--scheduler", client.scheduler.address]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert [item["result"] for item in json.loads(done.stdout)["all"]] == [1, 4, 9, 16, 25]
+    missing = subprocess.run([*argv[:-2]], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert missing.returncode == 2 and "--scheduler" in missing.stderr

@@ -12,6 +12,7 @@ an unknown execution id is one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import re
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 import click
+import cloudpickle
 
 from durablemap import BatchResult
 from durablemap._execution import default_execution_id, default_store_path
@@ -72,9 +74,12 @@ def main() -> None:
 @click.option("--execution-id", default=None, help="Default: derived from the handler and the event.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: the CPUs).")
 @click.option("--retry-failed", is_flag=True, help="Run FAILED items and steps again.")
-@click.option("--executor", type=click.Choice(["loky", "inline"]), default=None, help="Where items run.")
+@click.option("--executor", type=click.Choice(["loky", "inline", "dask"]), default=None, help="Where items run.")
+@click.option("--scheduler", metavar="ADDRESS", default=None,
+              help="The Dask scheduler for --executor dask (e.g. tcp://host:8786).")
 def run(handler_spec: str, input_json: str | None, input_file: str | None, store: str | None,
-        execution_id: str | None, workers: int | None, retry_failed: bool, executor: str | None) -> None:
+        execution_id: str | None, workers: int | None, retry_failed: bool, executor: str | None,
+        scheduler: str | None) -> None:
     """Run (or resume) the durable handler MODULE:HANDLER or path/file.py:HANDLER.
 
     Prints the handler's result as JSON on stdout. Exit code 0 when it succeeded, 1 when it failed,
@@ -83,6 +88,10 @@ def run(handler_spec: str, input_json: str | None, input_file: str | None, store
     try:
         handler = load_handler(handler_spec)
         event = _read_event(input_json, input_file)
+        runner = _executor(executor, scheduler)
+        if executor == "dask" and handler_spec.rpartition(":")[0].endswith(".py"):
+            # Dask workers cannot import a script by its file name: ship its code with the map.
+            cloudpickle.register_pickle_by_value(sys.modules[handler.func.__module__])
     except CliError as exc:
         _die(str(exc))
     path = _store_path(store or (str(handler.store) if handler.store else None))
@@ -90,8 +99,9 @@ def run(handler_spec: str, input_json: str | None, input_file: str | None, store
     where = f" --store {path}" if store else ""
     click.echo(f"durablemap: execution {execution_id} (store {path})", err=True)
     try:
-        result = handler.run(event, store=path, execution_id=execution_id, workers=workers,
-                             retry_failed=retry_failed, executor=executor)
+        with runner as chosen:
+            result = handler.run(event, store=path, execution_id=execution_id, workers=workers,
+                                 retry_failed=retry_failed, executor=chosen)
     except KeyboardInterrupt:
         again = _again(input_json, input_file)
         click.echo(f"durablemap: interrupted; resume with: durablemap run {handler_spec}{again}{where}", err=True)
@@ -105,6 +115,25 @@ def run(handler_spec: str, input_json: str | None, input_file: str | None, store
     click.echo(json.dumps(result.to_dict() if isinstance(result, BatchResult) else result, default=str))
     click.echo(f"durablemap: execution {execution_id} succeeded; inspect with `durablemap show {execution_id}"
                f"{where}`", err=True)
+
+
+def _executor(executor: str | None, scheduler: str | None) -> Any:
+    """A context manager giving what ``handler.run(executor=...)`` takes; a Dask client is closed
+    when the run ends."""
+    if executor != "dask":
+        if scheduler is not None:
+            raise CliError("--scheduler goes with --executor dask")
+        return contextlib.nullcontext(executor)
+    if not scheduler:
+        raise CliError("--executor dask needs --scheduler ADDRESS (for example tcp://127.0.0.1:8786)")
+    try:
+        from durablemap.executors import DaskExecutor
+    except ImportError:
+        raise CliError("--executor dask needs Dask: pip install 'durablemap[dask]'") from None
+    try:
+        return DaskExecutor(scheduler)
+    except Exception as exc:  # the address is wrong, or nothing listens there
+        raise CliError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
 
 
 def _again(input_json: str | None, input_file: str | None) -> str:
