@@ -96,6 +96,9 @@ class DurableContext:
     their code again.
     """
 
+    # Slots: a context is made for every item, and tiny items make a great many.
+    __slots__ = ("_counter", "_logger", "_path", "_replay_checked", "_replaying", "_rerun", "_state")
+
     def __init__(self, state: ExecutionState, path: tuple[int, ...] = ()) -> None:
         self._state = state
         self._path = path

@@ -21,12 +21,13 @@ import heapq
 import os
 import re
 import signal
+import struct
 import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any, cast
 
 from durablemap._batch import BatchItem, BatchItemStatus, CompletionReason
@@ -60,6 +61,7 @@ _MAX_CHUNK = 16384
 _GRACE_SECONDS = 5.0
 _DONE_RUN = bytes([_DONE]) * _MAX_CHUNK  # codes of a finished chunk, sliced
 _RUNNING_RUN = bytes([_RUNNING]) * _MAX_CHUNK
+_BIG_ENDIAN_4 = struct.Struct(">I").pack  # an item's key is its map's key and this of its index
 
 
 def _items(result: ChunkResult) -> list[BatchItem[Any]]:
@@ -281,11 +283,13 @@ class Coordinator:
         """Record the items of a batch of chunk results in one durable transaction."""
         if self.spec.flat:
             return
+        prefix = self.prefix.__add__
         if len(results) == 1:
-            keys, records = results[0][1].keys, results[0][1].records
+            records = results[0][1].records
+            keys = list(map(prefix, map(_BIG_ENDIAN_4, results[0][1].indexes)))
         else:
-            keys = [key for _, result in results for key in result.keys]
             records = [record for _, result in results for record in result.records]
+            keys = list(map(prefix, map(_BIG_ENDIAN_4, chain.from_iterable(r.indexes for _, r in results))))
         if keys:
             self.store.put_columns(keys, records)
 

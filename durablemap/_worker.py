@@ -62,13 +62,12 @@ class MapSpec:
 
 @dataclass
 class ChunkResult:
-    """The outcome of one chunk, item by item in the order they ran: the store keys, the encoded
+    """The outcome of one chunk, item by item in the order they ran (``indexes``): the encoded
     records to commit, the results as a replay will see them (already round-tripped through the
     item serdes), and the recorded error of each item that FAILED (by position in the chunk)."""
 
     token: int
     indexes: Sequence[int]
-    keys: list[bytes]
     records: list[bytes]
     values: list[Any]
     errors: dict[int, dict[str, Any]] | None
@@ -131,11 +130,10 @@ def run_chunk(spec: MapSpec, indexes: Sequence[int]) -> ChunkResult:
 
 
 def _run_any_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> ChunkResult:
-    keys: list[bytes] = []
     records: list[bytes] = []
     values: list[Any] = []
     errors: dict[int, dict[str, Any]] | None = None
-    slot, token, prefix = _slot if _depth == 1 else None, spec.token, spec.key_prefix
+    slot, token = _slot if _depth == 1 else None, spec.token
     fatal = None
     for index in indexes:
         if slot is not None:
@@ -148,24 +146,22 @@ def _run_any_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chunk
         if error is not None:
             if errors is None:
                 errors = {}
-            errors[len(keys)] = error
-        keys.append(prefix + index.to_bytes(4, "big"))
+            errors[len(records)] = error
         records.append(record)
         values.append(value)
     if slot is not None:
         slot.end()
-    ran = indexes if fatal is None else indexes[:len(keys)]
-    return ChunkResult(token, ran, keys, records, values, errors, time.perf_counter() - start, fatal)
+    ran = indexes if fatal is None else indexes[:len(records)]
+    return ChunkResult(token, ran, records, values, errors, time.perf_counter() - start, fatal)
 
 
 def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> ChunkResult:
     """``run_chunk`` for the common case (default serdes, default item names), with ``run_item``'s
     work inlined: this loop is most of a tiny item's cost."""
-    keys: list[bytes] = []
     records: list[bytes] = []
     values: list[Any] = []
     errors: dict[int, dict[str, Any]] | None = None
-    slot, token, prefix = _slot if _depth == 1 else None, spec.token, spec.key_prefix
+    slot, token = _slot if _depth == 1 else None, spec.token
     state, func, inputs, base, limit = spec.state, spec.func, spec.inputs, spec.path, spec.worker_memory_limit
     head = record_head(Kind.CONTEXT, Status.SUCCEEDED, spec.sub_type)
     fingerprints, fatal = spec.fingerprints, None
@@ -202,14 +198,13 @@ def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chu
         if error is not None:
             if errors is None:
                 errors = {}
-            errors[len(keys)] = error
-        keys.append(prefix + index.to_bytes(4, "big"))
+            errors[len(records)] = error
         records.append(record)
         values.append(value)
     if slot is not None:
         slot.end()
-    ran = indexes if fatal is None else indexes[:len(keys)]
-    return ChunkResult(token, ran, keys, records, values, errors, time.perf_counter() - start, fatal)
+    ran = indexes if fatal is None else indexes[:len(records)]
+    return ChunkResult(token, ran, records, values, errors, time.perf_counter() - start, fatal)
 
 
 _plain_pack = msgpack.Packer(use_bin_type=True).pack

@@ -47,13 +47,14 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def client() -> Iterator[Any]:
     """One cluster for the module. allowed-failures=0: a worker death reaches durablemap as
     KilledWorker at once, instead of Dask retrying the task on its own first."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                            dashboard_address=None)
     # The cluster's nannies and workers (not multiprocessing's resource tracker, which lives as long
-    # as this process whatever the cluster does).
+    # as this process whatever the cluster does, nor an earlier test's idle loky workers).
     pids = {p.pid for p in psutil.Process().children(recursive=True)
-            if "resource_tracker" not in " ".join(p.cmdline())}
+            if "resource_tracker" not in " ".join(p.cmdline()) and p.pid not in before}
     client = distributed.Client(cluster, set_as_default=False)
     try:
         yield client
