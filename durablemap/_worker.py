@@ -11,6 +11,7 @@ item (steps, waits, child contexts, nested maps) write their own records to the 
 from __future__ import annotations
 
 import faulthandler
+import gc
 import os
 import signal
 import threading
@@ -37,7 +38,14 @@ from durablemap._records import Kind, Record, Status, encode_inline_item, encode
 from durablemap._slots import SlotWriter
 from durablemap._state import ExecutionState
 from durablemap._store import path_str
-from durablemap.serdes import SerDes, deserialize_value, pack_default, serialize_value, unpack_default
+from durablemap.serdes import (
+    SerDes,
+    deserialize_value,
+    new_packer,
+    pack_default,
+    serialize_value,
+    unpack_default,
+)
 
 __all__ = ["ChunkResult", "MapSpec", "init_worker", "run_chunk", "run_chunk_from_file"]
 
@@ -121,12 +129,18 @@ def run_chunk(spec: MapSpec, indexes: Sequence[int]) -> ChunkResult:
     global _depth
     start = time.perf_counter()
     _depth += 1  # a nested map's chunk runs inside an item: the slot keeps naming the outer item
+    # The cyclic collector would scan the growing result lists again and again on a chunk of tiny
+    # items; it runs once the chunk is done instead.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         if spec.item_serdes is None and spec.names is None:
             return _run_plain_chunk(spec, indexes, start)
         return _run_any_chunk(spec, indexes, start)
     finally:
         _depth -= 1
+        if collecting:
+            gc.enable()
 
 
 def _run_any_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> ChunkResult:
@@ -164,6 +178,7 @@ def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chu
     slot, token = _slot if _depth == 1 else None, spec.token
     state, func, inputs, base, limit = spec.state, spec.func, spec.inputs, spec.path, spec.worker_memory_limit
     head = record_head(Kind.CONTEXT, Status.SUCCEEDED, spec.sub_type)
+    pack = new_packer().pack  # this loop's own: packing never re-enters it
     fingerprints, fatal = spec.fingerprints, None
     error: dict[str, Any] | None
     for index in indexes:
@@ -174,7 +189,7 @@ def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chu
         fp = fingerprint(item) if fingerprints else None
         try:
             value = func(DurableContext(state, (*base, index)), item, index, inputs)
-            payload = pack_default(value)
+            payload = pack(value)
         except (ExecutionError, InvocationError) as exc:
             fatal = {"type": error_type_name(exc), "message": str(exc), "index": index}
             break

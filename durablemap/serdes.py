@@ -376,3 +376,9 @@ def unpack_default(data: bytes) -> Any:
 def new_unpacker() -> msgpack.Unpacker:
     """A streaming unpacker for default-serdes values, to decode many concatenated values in C."""
     return msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=_ext_hook, max_buffer_size=2**31 - 1)
+
+
+def new_packer() -> msgpack.Packer:
+    """A packer of default-serdes bytes for one caller's own use (not re-entrant: a loop that packs
+    one value at a time may keep one)."""
+    return _new_packer()
