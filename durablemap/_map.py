@@ -10,6 +10,8 @@ import gc
 import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
+from itertools import repeat
+from operator import countOf, itemgetter
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
@@ -262,19 +264,28 @@ def _item_records(state: Any, path: tuple[int, ...], item_serdes: Any) -> Iterat
 
 
 def _raw_item_records(state: Any, path: tuple[int, ...]) -> Iterator[tuple[int, list[Any]]]:
-    """``(index, fields)`` of each item record of a map, in index order: read in one pass, decoded
-    by one streaming msgpack unpacker (values written by the default serdes included)."""
+    """``(index, fields)`` of each item record of a map, in index order."""
+    indexes, records = _item_record_columns(state, path)
+    return zip(indexes, records, strict=True)
+
+
+def _item_record_columns(state: Any, path: tuple[int, ...]) -> tuple[list[int], list[list[Any]]]:
+    """The indexes and decoded fields of every item record of a map, in index order: read in one
+    pass, decoded by one streaming msgpack unpacker (values written by the default serdes included)."""
     op_id = path_str(path)
-    components, raws = state.store().children_block(op_key(state.execution_id, path))
+    indexes, raws = state.store().children_columns(op_key(state.execution_id, path))
     unpacker = new_unpacker()
     unpacker.feed(b"".join(raws))
     try:
-        yield from zip(struct.unpack(f">{len(raws)}I", components), unpacker, strict=True)
-    except (ValueError, TypeError, msgpack.UnpackException, msgpack.ExtraData) as exc:
+        records = list(unpacker)
+        if len(records) != len(indexes) or countOf(map(type, records), list) != len(records):
+            raise ValueError(f"{len(raws)} records decoded to {len(records)} values")
+    except (ValueError, TypeError, msgpack.UnpackException, msgpack.ExtraData, struct.error) as exc:
         raise StoreError(
             f"An item record of map '{op_id}' cannot be decoded ({type(exc).__name__}: {exc}). The store "
             "may be corrupt or written by another program; remove that execution with `durablemap rm ID` "
             "to start it afresh.") from None
+    return indexes, records
 
 
 def _drift(op_id: str, name: str | None, what: str) -> NonDeterministicExecutionError:
@@ -293,6 +304,25 @@ def _decode_item(serdes: Any, payload: bytes | str | None, op_id: str, index: in
                           f"deserialized: {exc}") from exc
 
 
+def _replay_rows(state: Any, path: tuple[int, ...], indexes: Sequence[int], records: list[list[Any]],
+                 started: set[int], config: MapConfig[Any] | ParallelConfig,
+                 ) -> list[tuple[int, BatchItemStatus, Any, Any]]:
+    """``(index, status, result, error)`` of each finished item, from its record."""
+    op_id, item_serdes = path_str(path), config.item_serdes or config.serdes
+    rows: list[tuple[int, BatchItemStatus, Any, Any]] = []
+    append, succeeded, failed = rows.append, BatchItemStatus.SUCCEEDED, BatchItemStatus.FAILED
+    for index, fields in zip(indexes, records, strict=True):
+        if index in started:
+            continue
+        if len(fields) == 3:  # compact: SUCCEEDED
+            append((index, succeeded, fields[2], None))
+        elif fields[1] == "SUCCEEDED":
+            append((index, succeeded, _decode_item(item_serdes, fields[4], op_id, index, state.execution_id), None))
+        elif fields[1] == "FAILED":
+            append((index, failed, None, ErrorObject.from_dict(fields[5] or {})))
+    return rows
+
+
 def _replay(state: Any, path: tuple[int, ...], record: Record,
             config: MapConfig[Any] | ParallelConfig) -> BatchResult[Any]:
     """The recorded BatchResult of a finished map: from its record, or rebuilt from item records."""
@@ -301,25 +331,17 @@ def _replay(state: Any, path: tuple[int, ...], record: Record,
         result: BatchResult[Any] = deserialize_value(config.serdes, record.payload, op_id,
                                                      state.execution_id)
         return result
-    item_serdes = config.item_serdes or config.serdes
     started = set(record.get("started") or ())
-    rows: list[tuple[int, BatchItemStatus, Any, ErrorObject | None]] = []
-    append, succeeded, failed = rows.append, BatchItemStatus.SUCCEEDED, BatchItemStatus.FAILED
     gc_was_enabled = gc.isenabled()
-    gc.disable()  # a million new tuples would otherwise trigger full collections over all of them
+    gc.disable()  # a million new records and items would otherwise trigger full collections over them all
     try:
-        for index, fields in _raw_item_records(state, path):
-            if len(fields) == 3:  # the common case first: compact, SUCCEEDED
-                if not started or index not in started:
-                    append((index, succeeded, fields[2], None))
-            elif index in started:
-                continue
-            elif fields[1] == "SUCCEEDED":
-                append((index, succeeded, _decode_item(item_serdes, fields[4], op_id, index, state.execution_id),
-                        None))
-            elif fields[1] == "FAILED":
-                append((index, failed, None, ErrorObject.from_dict(fields[5] or {})))
-        items = BatchItem.from_rows(rows)
+        indexes, records = _item_record_columns(state, path)
+        if not started and countOf(map(len, records), 3) == len(records):
+            # Every record compact (SUCCEEDED, default serdes): build the items without a Python loop.
+            items = BatchItem.from_rows(zip(indexes, repeat(BatchItemStatus.SUCCEEDED),
+                                            map(itemgetter(2), records), repeat(None)))
+        else:
+            items = BatchItem.from_rows(_replay_rows(state, path, indexes, records, started, config))
     finally:
         if gc_was_enabled:
             gc.enable()

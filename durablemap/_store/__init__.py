@@ -15,8 +15,11 @@ All failures surface as ``StoreError`` (or ``ExecutionLockedError``), each namin
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
+from itertools import islice
+from operator import countOf, itemgetter
 from pathlib import Path
 from typing import Any, cast
 
@@ -232,6 +235,38 @@ class Store:
                     # shorter keys: the parent record itself; nothing to yield
                 else:
                     return
+
+    def children_columns(self, prefix_key: bytes) -> tuple[list[int], list[bytes]]:
+        """The direct children of ``prefix_key``: their indexes and their values, in index order, in
+        one pass: the same records as ``scan_children``, read for a map's replay. Runs of keys that
+        are all direct children (a map of items without operations inside) are taken thousands at a
+        time with no Python code per record."""
+        base = len(prefix_key)
+        child_len = base + COMPONENT_SIZE
+        index_of = struct.Struct(f">{base}xI").unpack_from
+        indexes: list[int] = []
+        values: list[bytes] = []
+        with self._env().read_txn("children_columns") as txn:
+            cursor = txn.cursor(db=self._db(b"records"))
+            if not cursor.set_range(prefix_key):
+                return indexes, values
+            if cursor.key() == prefix_key and not cursor.next():
+                return indexes, values
+            pairs = cursor.iternext()
+            while batch := list(islice(pairs, 4096)):
+                keys = list(map(itemgetter(0), batch))
+                # Keys between two keys with the prefix have it too: the last one tells for all.
+                if keys[-1].startswith(prefix_key) and countOf(map(len, keys), child_len) == len(keys):
+                    indexes.extend(map(itemgetter(0), map(index_of, keys)))
+                    values.extend(map(itemgetter(1), batch))
+                    continue
+                for key, value in batch:
+                    if not key.startswith(prefix_key):
+                        return indexes, values
+                    if len(key) == child_len:  # longer keys: operations inside an item
+                        indexes.append(index_of(key)[0])
+                        values.append(value)
+        return indexes, values
 
     def children_block(self, prefix_key: bytes) -> tuple[bytes, list[bytes]]:
         """The direct children of ``prefix_key`` gathered in one pass: their index components
