@@ -88,7 +88,7 @@ class _Snapshot:
             raw[path] = value
         return cls(execution_id, records, raw)
 
-    # ``_map._replay`` reads a map's items through ``state.store().children_block``: this snapshot
+    # ``_map._replay`` reads a map's items through ``state.store().children_columns``: this snapshot
     # plays both parts, so a summarised map is rebuilt exactly as a replay rebuilds it.
     def store(self) -> _Snapshot:
         return self
@@ -97,6 +97,11 @@ class _Snapshot:
         _eid, parent = decode_key(prefix_key)
         paths = self.children.get(parent, [])
         return b"".join(p[-1].to_bytes(4, "big") for p in paths), [self.raw[p] for p in paths]
+
+    def children_columns(self, prefix_key: bytes) -> tuple[list[int], list[bytes]]:
+        _eid, parent = decode_key(prefix_key)
+        paths = self.children.get(parent, [])
+        return [p[-1] for p in paths], [self.raw[p] for p in paths]
 
     def scan_children(self, prefix_key: bytes) -> Iterator[tuple[int, bytes, bytes]]:
         _eid, parent = decode_key(prefix_key)
