@@ -196,7 +196,7 @@ def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chu
         except SerDesError as exc:
             value, record, error = _unserializable(spec, index, None, exc, _meta(fp, note_peak(None, limit)))
         except Exception as exc:
-            error_object = ErrorObject.from_exception(exc)
+            error_object = ErrorObject.from_exception(_user_frames(exc))
             value, record, error = _failed(spec, None, error_object, _meta(fp, note_peak(None, limit)))
         else:
             if type(value) not in _SELF_DECODING:
@@ -227,6 +227,13 @@ _plain_pack = msgpack.Packer(use_bin_type=True).pack
 _SELF_DECODING = frozenset((int, float, str, bool, type(None)))
 
 
+def _user_frames(exc: Exception) -> Exception:
+    """``exc`` with the worker loop's own frame dropped from its traceback: the recorded stack
+    starts in the user's function."""
+    tb = exc.__traceback__
+    return exc.with_traceback(tb.tb_next) if tb is not None and tb.tb_next is not None else exc
+
+
 def _meta(fp: int | bytes | None, peak: dict[str, Any] | None) -> dict[str, Any] | None:
     if fp is None:
         return peak
@@ -253,7 +260,8 @@ def run_item(spec: MapSpec, index: int) -> tuple[Any, bytes, dict[str, Any] | No
     except (ExecutionError, InvocationError):
         raise
     except Exception as exc:
-        return _failed(spec, name, ErrorObject.from_exception(exc), note_peak(meta, spec.worker_memory_limit))
+        return _failed(spec, name, ErrorObject.from_exception(_user_frames(exc)),
+                       note_peak(meta, spec.worker_memory_limit))
     meta = note_peak(meta, spec.worker_memory_limit)
     serdes = spec.item_serdes
     try:

@@ -72,8 +72,10 @@ def _render_node(node: Node, depth: int) -> None:
         if key in meta:
             parts.append(f"{key} {meta[key]}")
     for key, value in meta.items():
-        if isinstance(key, str) and ("peak" in key or "memory" in key):
-            parts.append(f"{key} {value}")
+        if isinstance(key, str) and key.endswith("rss") and isinstance(value, int):
+            parts.append(f"{key.replace('_', ' ')} {value / 2**20:.0f} MiB")
+        elif key == "memory_wait_seconds" and value:
+            parts.append(f"held back by the memory budget {value:.1f} s")
     if record.error and record.status == "FAILED":
         parts.append(f"{record.error.get('ErrorType')}: {record.error.get('ErrorMessage')}")
     click.echo("  " * depth + " ".join(parts))
