@@ -17,6 +17,7 @@ chunks, slow items one by one), within ``max_concurrency``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import heapq
 import os
 import re
@@ -147,6 +148,17 @@ class Coordinator:
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> MapOutcome:
         """Run until the completion policy says the map is complete."""
+        # The items of a big map are many small tracked objects: with the cyclic collector on, each
+        # chunk would set off collections that scan all the items so far. It runs after the map.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run()
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _run(self) -> MapOutcome:
         if self.observers:
             self.observers.call("map_started", self.info, self.succeeded + self.failed, self.failed)
         self._check()

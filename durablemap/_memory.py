@@ -45,7 +45,7 @@ _HARD_FACTOR = 1.5  # a worker this many times over its soft limit is killed mid
 _INTERVAL = 0.1  # seconds between the monitor's samples
 _FRESH = 0.01  # a sample younger than this is fresh enough for a dispatch decision
 _STALL_SECONDS = 5.0  # over budget with nothing in flight this long: the map fails
-_MEASURE_SECONDS = 0.001  # items shorter than this are not measured
+MEASURE_SECONDS = 0.001  # items shorter than this are not measured
 _CHECK_SECONDS = 0.05  # the worker compares its RSS with the soft limit at least this often
 _MB = 2**20
 
@@ -282,7 +282,7 @@ class ItemMemory:
         the worker when it is over ``limit``."""
         now = time.monotonic()
         started = getattr(self.slot, "started", now)
-        if now - started < _MEASURE_SECONDS:
+        if now - started < MEASURE_SECONDS:
             if limit and not self.recycling and now - self._checked > _CHECK_SECONDS:
                 self._checked = now
                 self._check(self.rss(), limit)

@@ -24,6 +24,7 @@ from typing import Any
 import cloudpickle
 import msgpack
 
+from durablemap import _memory
 from durablemap._context import DurableContext
 from durablemap._errors import (
     ErrorObject,
@@ -181,9 +182,12 @@ def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chu
     pack = new_packer().pack  # this loop's own: packing never re-enters it
     fingerprints, fatal = spec.fingerprints, None
     error: dict[str, Any] | None
+    # Only items of a millisecond or more are measured for memory: tiny items skip the call.
+    memory, monotonic, measure = _memory._item_memory, time.monotonic, _memory.MEASURE_SECONDS
+    started = 0.0
     for index in indexes:
         if slot is not None:
-            slot.begin(token, index)
+            started = slot.begin(token, index)
         state.item_index = index
         item = inputs[index]
         fp = fingerprint(item) if fingerprints else None
@@ -193,16 +197,14 @@ def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chu
         except (ExecutionError, InvocationError) as exc:
             fatal = {"type": error_type_name(exc), "message": str(exc), "index": index}
             break
-        except SerDesError as exc:
-            value, record, error = _unserializable(spec, index, None, exc, _meta(fp, note_peak(None, limit)))
         except Exception as exc:
-            error_object = ErrorObject.from_exception(_user_frames(exc))
-            value, record, error = _failed(spec, None, error_object, _meta(fp, note_peak(None, limit)))
+            value, record, error = _item_failed(spec, index, exc, _meta(fp, note_peak(None, limit)))
         else:
             if type(value) not in _SELF_DECODING:
                 value = unpack_default(payload)
             error = None
-            peak = note_peak(None, limit)
+            peak = (memory.note(None, limit) if memory is not None and monotonic() - started >= measure
+                    else None)
             if head is None:
                 record = encode_inline_item(Kind.CONTEXT, Status.SUCCEEDED, None, spec.sub_type, None,
                                             _meta(fp, peak), payload)
@@ -218,6 +220,8 @@ def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chu
         values.append(value)
     if slot is not None:
         slot.end()
+    if memory is not None and limit:
+        memory.note(None, limit)  # the periodic check against the worker limit, skipped above
     ran = indexes if fatal is None else indexes[:len(records)]
     return ChunkResult(token, ran, records, values, errors, time.perf_counter() - start, fatal)
 
@@ -225,6 +229,14 @@ def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chu
 _plain_pack = msgpack.Packer(use_bin_type=True).pack
 # Values the default serdes gives back unchanged, type included: no need to decode what was encoded.
 _SELF_DECODING = frozenset((int, float, str, bool, type(None)))
+
+
+def _item_failed(spec: MapSpec, index: int, exc: Exception,
+                 meta: dict[str, Any] | None) -> tuple[None, bytes, dict[str, Any]]:
+    """The FAILED record of an item whose function raised, or whose result cannot be serialized."""
+    if isinstance(exc, SerDesError):
+        return _unserializable(spec, index, None, exc, meta)
+    return _failed(spec, None, ErrorObject.from_exception(_user_frames(exc)), meta)
 
 
 def _user_frames(exc: Exception) -> Exception:
