@@ -46,7 +46,7 @@ from durablemap._errors import (
 )
 from durablemap._memory import MemoryLimits, MemoryMonitor, ignore_recycling_warning
 from durablemap._observe import MapInfo, Observers
-from durablemap._records import Kind, Record, Status, encode_record
+from durablemap._records import Kind, Record, Status, decode_item_outcome, encode_record
 from durablemap._state import ExecutionState
 from durablemap._store import op_key
 from durablemap._worker import ChunkResult, MapSpec
@@ -132,6 +132,7 @@ class Coordinator:
         self.reason: CompletionReason | None = None
         self.timed_out: dict[int, str] = {}
         self.blind_breaks = 0
+        self.isolate: set[int] = set()  # items of lost chunks to run one by one to find a culprit
         self.store = state.store()
         self.prefix = op_key(state.execution_id, spec.path)
         self.map_name = info.name or "/".join(map(str, spec.path))
@@ -233,7 +234,10 @@ class Coordinator:
 
     def _take(self, size: int) -> Sequence[int]:
         if self.requeued:
-            return [heapq.heappop(self.requeued) for _ in range(min(size, len(self.requeued)))]
+            if self.requeued[0] in self.isolate:  # a suspect of a lost chunk runs alone
+                return [heapq.heappop(self.requeued)]
+            return [heapq.heappop(self.requeued) for _ in range(min(size, len(self.requeued)))
+                    if self.requeued[0] not in self.isolate]
         start = self.codes.find(0, self.cursor)
         if start < 0:
             self.cursor = self.n
@@ -267,9 +271,13 @@ class Coordinator:
             else:
                 raise error
         if results:
-            if self.committer is None:
+            recorded = [r for r in results if r[1].committed]
+            results = [r for r in results if not r[1].committed]
+            if recorded:
+                self._count(recorded)
+            if results and self.committer is None:
                 self._absorb(results)
-            else:
+            elif results:
                 self.to_commit.extend(results)
         if self.to_commit and not self.commits:
             self._start_commit()
@@ -294,6 +302,9 @@ class Coordinator:
     def _write(self, results: list[tuple[Sequence[int], ChunkResult]]) -> None:
         """Record the items of a batch of chunk results in one durable transaction."""
         if self.spec.flat:
+            return
+        results = [r for r in results if not r[1].committed]
+        if not results:
             return
         prefix = self.prefix.__add__
         if len(results) == 1:
@@ -361,65 +372,99 @@ class Coordinator:
 
     # -- faults -----------------------------------------------------------------------------
     def _broken(self, error: BaseException) -> None:
-        """A worker died and took the pool down: every chunk in flight failed. Find the item that
-        was running in the dead worker, count a crash against it, run everything else again."""
-        done, _ = wait(list(self.futures), timeout=30)
+        """Workers died. loky takes the whole pool down with one worker, so every chunk in flight
+        failed; Dask fails only the lost worker's chunks. Items whose records the workers committed
+        before dying count as done; the item that was running in a dead worker gets a crash counted
+        against it; everything else runs again."""
+        # loky fails every chunk in flight: gather them all. Dask fails only the lost worker's
+        # chunks: the others run on, and are collected as usual.
+        done, _ = wait(list(self.futures), timeout=30 if self.executor.has_slots else 0)
         results: list[tuple[Sequence[int], ChunkResult]] = []
-        lost: list[int] = []
+        lost_chunks: list[tuple[Sequence[int], BaseException]] = []
         for future in done:
             indexes = self.futures.pop(future)
-            if future.exception() is None:
+            chunk_error = future.exception()
+            if chunk_error is None:
                 results.append((indexes, future.result()))
             else:
-                lost.extend(indexes)
+                lost_chunks.append((indexes, chunk_error))
         self._absorb(results)
-        culprits = set()
-        if self.executor.has_slots:
-            culprits = {s.index for s in self.executor.slots.dead_running(self.spec.token)}  # type: ignore[attr-defined]
-        culprits &= set(lost)
-        if not culprits and not self.timed_out:
-            self.blind_breaks += 1
-            if self.blind_breaks >= 3:  # no slot names the item: blame all that were in flight
-                culprits = set(lost)
-        else:
-            self.blind_breaks = 0
+        lost = sorted({index for chunk, _ in lost_chunks for index in chunk if self.codes[index] == _RUNNING})
+        finished = self._recorded(lost)
+        recorded = {item.index for item in finished}
+        culprits = self._culprits(lost_chunks) - recorded
         how, advice = self._crash_cause(error)
         writes: list[tuple[bytes, bytes]] = []
-        finished: list[BatchItem[Any]] = []
-        for index in sorted(set(lost)):
-            if self.codes[index] != _RUNNING:
+        for index in lost:
+            if index in recorded:
                 continue
             self.codes[index] = _NEW
             self.in_flight -= 1
-            if index in self.timed_out:
-                finished.append(self._fail(index, ItemTimeoutError(
-                    f"Item {index} of map '{self.map_name}' ran longer than item_timeout="
-                    f"{self.item_timeout:g} s; its worker was killed and replaced. Its stack is in the "
-                    "error data. Raise MapConfig.item_timeout if it needs longer, or fix the hang."),
-                    self.timed_out.pop(index), writes))
-            elif index in culprits:
-                crashes = self.crashes.get(index, 0) + 1
-                self.crashes[index] = crashes
-                if crashes >= self.max_crashes:
-                    finished.append(self._fail(index, WorkerCrashedError(
-                        f"The worker process running item {index} of map '{self.map_name}' died "
-                        f"({how}) {crashes} times; the item is FAILED and the map goes on. {advice}"),
-                        None, writes))
-                    continue
-                name = self.names[index] if self.names is not None else None
-                writes.append((self.prefix + index.to_bytes(4, "big"), encode_record(Record(
-                    Kind.CONTEXT, Status.STARTED, name, self.spec.sub_type, None, None,
-                    {"crashes": crashes, "exit": how}))))
+            failure = self._lost_item(index, index in culprits, how, advice, writes)
+            if failure is None:
                 heapq.heappush(self.requeued, index)
             else:
-                heapq.heappush(self.requeued, index)
-        for item in finished:
-            self.codes[item.index] = _RUNNING
-            self.in_flight += 1
+                self.codes[index] = _RUNNING
+                self.in_flight += 1
+                finished.append(failure)
         if writes and not self.spec.flat:
             self.store.put_many(writes)
         self._finish(finished)
         self.executor.restart()
+
+    def _recorded(self, indexes: list[int]) -> list[BatchItem[Any]]:
+        """Items among ``indexes`` whose outcome a worker committed before it died."""
+        if not self.spec.commit_in_worker or not indexes:
+            return []
+        items = []
+        for index in indexes:
+            raw = self.store.get(self.prefix + index.to_bytes(4, "big"))
+            outcome = decode_item_outcome(raw, self.spec.item_serdes) if raw is not None else None
+            if outcome is not None:
+                status, value, error = outcome
+                items.append(BatchItem(index, status, value, error))
+        return items
+
+    def _culprits(self, lost_chunks: list[tuple[Sequence[int], BaseException]]) -> set[int]:
+        """The items that were running in the workers that died."""
+        lost = {index for chunk, _ in lost_chunks for index in chunk}
+        if self.executor.has_slots:
+            culprits = {s.index for s in self.executor.slots.dead_running(self.spec.token)} & lost  # type: ignore[attr-defined]
+        else:
+            # Executors without slots (Dask) fail only the chunks the lost worker ran: a lost chunk
+            # of one item names its culprit; a bigger one runs its items one by one to find it.
+            # Chunks merely cancelled along with it are innocent.
+            names = getattr(self.executor, "names_culprit", lambda error: True)
+            blamed = [chunk for chunk, chunk_error in lost_chunks if names(chunk_error)]
+            self.isolate.update(index for chunk in blamed if len(chunk) > 1 for index in chunk)
+            return {chunk[0] for chunk in blamed if len(chunk) == 1}  # isolation, not blind blame
+        if culprits or self.timed_out:
+            self.blind_breaks = 0
+            return culprits
+        self.blind_breaks += 1
+        return lost if self.blind_breaks >= 3 else set()  # nothing names the item: blame all in flight
+
+    def _lost_item(self, index: int, culprit: bool, how: str, advice: str,
+                   writes: list[tuple[bytes, bytes]]) -> BatchItem[Any] | None:
+        """The FAILED item for an item lost with a dead worker, or None when it runs again."""
+        if index in self.timed_out:
+            return self._fail(index, ItemTimeoutError(
+                f"Item {index} of map '{self.map_name}' ran longer than item_timeout="
+                f"{self.item_timeout:g} s; its worker was killed and replaced. Its stack is in the "
+                "error data. Raise MapConfig.item_timeout if it needs longer, or fix the hang."),
+                self.timed_out.pop(index), writes)
+        if not culprit:
+            return None
+        crashes = self.crashes.get(index, 0) + 1
+        self.crashes[index] = crashes
+        if crashes >= self.max_crashes:
+            return self._fail(index, WorkerCrashedError(
+                f"The worker process running item {index} of map '{self.map_name}' died "
+                f"({how}) {crashes} times; the item is FAILED and the map goes on. {advice}"), None, writes)
+        name = self.names[index] if self.names is not None else None
+        writes.append((self.prefix + index.to_bytes(4, "big"), encode_record(Record(
+            Kind.CONTEXT, Status.STARTED, name, self.spec.sub_type, None, None, {"crashes": crashes, "exit": how}))))
+        return None
 
     def _crash_cause(self, error: BaseException) -> tuple[str, str]:
         """How the worker died, and what the user can do about it."""

@@ -152,7 +152,8 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
     item_serdes = config.item_serdes or config.serdes
     executor = state.executor if (state.executor is not None and not state.in_worker) else InlineExecutor()
     spec = MapSpec(int.from_bytes(os.urandom(8), "big") >> 1, state.for_worker(), path, func, inputs,
-                   item_serdes, flat, item_sub_type, names, fingerprints=not flat, key_prefix=key)
+                   item_serdes, flat, item_sub_type, names, fingerprints=not flat, key_prefix=key,
+                   commit_in_worker=not flat and executor.shares_store)
     limits = MemoryLimits.resolve(state.settings, config.memory_budget, config.worker_memory_limit)
     spec.worker_memory_limit = limits.worker_limit
     ref = executor.publish(spec)

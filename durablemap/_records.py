@@ -30,12 +30,13 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from durablemap._errors import StoreError
-from durablemap.serdes import DEFAULT_SERDES, SerDesContext, unpack_default
+from durablemap._batch import BatchItemStatus
+from durablemap._errors import ErrorObject, StoreError
+from durablemap.serdes import DEFAULT_SERDES, SerDesContext, deserialize_value, unpack_default
 
 __all__ = [
-    "Kind", "Record", "Status", "compact_fields", "decode_raw", "decode_record", "encode_inline_item", "encode_record",
-    "record_head",
+    "Kind", "Record", "Status", "compact_fields", "decode_item_outcome", "decode_raw", "decode_record",
+    "encode_inline_item", "encode_record", "record_head",
 ]
 
 
@@ -148,3 +149,17 @@ def decode_record(data: bytes, where: str = "") -> Record:
             "corrupt or written by another program; remove that execution with `durablemap rm ID` "
             "to start it afresh."
         ) from None
+
+
+def decode_item_outcome(raw: bytes, item_serdes: Any) -> tuple[BatchItemStatus, Any, ErrorObject | None] | None:
+    """The outcome an item record holds: ``(status, result, error)``, the result decoded with the
+    map's item serdes; None when the item has not finished (a crash record)."""
+    fields = decode_raw(raw)
+    if len(fields) == 3:
+        return BatchItemStatus.SUCCEEDED, fields[2], None
+    record = decode_record(raw)
+    if record.status == Status.SUCCEEDED:
+        return BatchItemStatus.SUCCEEDED, deserialize_value(item_serdes, record.payload or b"", "", ""), None
+    if record.status == Status.FAILED:
+        return BatchItemStatus.FAILED, None, ErrorObject.from_dict(record.error or {})
+    return None

@@ -14,6 +14,7 @@ import faulthandler
 import gc
 import os
 import signal
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -67,6 +68,7 @@ class MapSpec:
     fingerprints: bool = False
     worker_memory_limit: int | None = None  # bytes: over it, the worker retires after its chunk
     key_prefix: bytes = b""
+    commit_in_worker: bool = False  # the worker can reach the store: it commits its chunks' records
 
 
 @dataclass
@@ -82,6 +84,7 @@ class ChunkResult:
     errors: dict[int, dict[str, Any]] | None
     elapsed: float
     fatal: dict[str, Any] | None = None
+    committed: bool = False  # the worker committed the records itself (``records`` is then empty)
 
 
 _slot: SlotWriter | None = None
@@ -136,8 +139,16 @@ def run_chunk(spec: MapSpec, indexes: Sequence[int]) -> ChunkResult:
     gc.disable()
     try:
         if spec.item_serdes is None and spec.names is None:
-            return _run_plain_chunk(spec, indexes, start)
-        return _run_any_chunk(spec, indexes, start)
+            result = _run_plain_chunk(spec, indexes, start)
+        else:
+            result = _run_any_chunk(spec, indexes, start)
+        if spec.commit_in_worker and result.records:
+            # Records committed here, durably, before the results go back: the coordinator then only
+            # counts them, and the fsync waits in this worker instead of in the coordinator.
+            keys = list(map(spec.key_prefix.__add__, map(_BIG_ENDIAN_4, result.indexes)))
+            spec.state.store().put_columns(keys, result.records)
+            result.records, result.committed = [], True
+        return result
     finally:
         _depth -= 1
         if collecting:
@@ -227,6 +238,7 @@ def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chu
 
 
 _plain_pack = msgpack.Packer(use_bin_type=True).pack
+_BIG_ENDIAN_4 = struct.Struct(">I").pack  # an item's key is its map's key and this of its index
 # Values the default serdes gives back unchanged, type included: no need to decode what was encoded.
 _SELF_DECODING = frozenset((int, float, str, bool, type(None)))
 

@@ -136,6 +136,29 @@ def test_killed_worker_reruns_its_items(tmp_path: Path, executor: DaskExecutor) 
     assert set(executor.worker_pids()) != pids_before  # the nanny replaced the dead worker
 
 
+def always_exits(context: DurableContext, item: tuple[str, int], index: int, items: list[Any]) -> int:
+    if index == 5:
+        os._exit(3)
+    time.sleep(0.05)  # slow enough that several items share a worker's chunks in flight
+    return item[1] * 10
+
+
+def test_a_poison_item_is_found_and_fails_alone(tmp_path: Path, executor: DaskExecutor) -> None:
+    """Dask fails only the chunk of the lost worker: its items run one by one until the one that
+    kills its worker is found; it ends FAILED with WorkerCrashedError and every other item succeeds."""
+
+    @durable_execution
+    def handler(event: Any, context: DurableContext) -> Any:
+        return context.map([(str(tmp_path), i) for i in range(12)], always_exits,
+                           config=MapConfig(max_worker_crashes=2)).to_dict()
+
+    result = handler.run(None, store=tmp_path / "store", executor=executor, progress=False)
+    statuses = {e["index"]: e["status"] for e in result["all"]}
+    assert statuses.pop(5) == "FAILED"
+    assert set(statuses.values()) == {"SUCCEEDED"}
+    assert result["all"][5]["error"]["ErrorType"] == "durablemap.WorkerCrashedError"
+
+
 # -- steps inside items -----------------------------------------------------------------------------
 
 @durable_step

@@ -18,6 +18,9 @@ class Executor(Protocol):
     workers: int
     #: Whether workers publish slots (crash attribution, item timeouts, memory sampling).
     has_slots: bool
+    #: Whether workers can open the coordinator's store and commit their chunks' records themselves
+    #: (optional; False when absent: the coordinator commits what they send back).
+    shares_store: bool
 
     def publish(self, spec: MapSpec) -> Any:
         """Make a map's spec available to the workers; returns a reference for :meth:`submit`.

@@ -134,12 +134,13 @@ def _load_spec(token: int, payload: bytes) -> MapSpec:
         return spec
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: the executor keeps a set of them
 class _Published:
     spec: MapSpec
     remote: Any  # the scattered spec's Dask future
     prefix: bytes  # the map's record key
     prior: dict[int, dict[bytes, bytes]]  # records under unfinished items, by index
+    payload: bytes = b""  # the pickled spec, to scatter again if every copy on the cluster is lost
 
 
 class DaskExecutor:
@@ -152,6 +153,7 @@ class DaskExecutor:
     """
 
     has_slots = False
+    shares_store = False  # items' records travel back; workers need no access to the store
     client: Any  # distributed.Client (typed Any: distributed's annotations are partial)
 
     def __init__(self, client_or_address: Client | str) -> None:
@@ -165,6 +167,7 @@ class DaskExecutor:
                                   f"'tcp://127.0.0.1:8786', got {type(client_or_address).__name__}.")
         self._lock = threading.Lock()
         self._outstanding: set[Any] = set()
+        self._published: set[_Published] = set()
         self.workers = self._count_threads()
 
     def _count_threads(self) -> int:
@@ -194,10 +197,13 @@ class DaskExecutor:
         prefix = op_key(state.execution_id, spec.path)
         prior = _read_unfinished(Store.for_process(state.store_path), prefix, state.retry_failed)
         remote = self.client.scatter(payload, broadcast=True, hash=False)
-        return _Published(spec, remote, prefix, prior)
+        ref = _Published(spec, remote, prefix, prior, payload)
+        self._published.add(ref)
+        return ref
 
     def unpublish(self, ref: Any) -> None:
         """Let Dask forget the spec."""
+        self._published.discard(ref)
         ref.remote.release()
 
     def submit(self, ref: Any, indexes: Sequence[int]) -> Future[ChunkResult]:
@@ -234,8 +240,17 @@ class DaskExecutor:
         return isinstance(error, KilledWorker | CancelledError) or type(error).__name__ in {
             "CommClosedError", "FutureCancelledError"}
 
+    def names_culprit(self, error: BaseException) -> bool:
+        """Whether a chunk lost with ``error`` was itself running when its worker died (KilledWorker),
+        rather than cancelled along with it."""
+        return isinstance(error, KilledWorker)
+
     def restart(self) -> None:
-        """Nothing to do: Dask's nannies replace dead workers."""
+        """Dask's nannies replace dead workers; a spec whose every scattered copy died with them
+        (its dependent tasks are then cancelled) is scattered again."""
+        for ref in list(self._published):
+            if ref.remote.status != "finished":
+                ref.remote = self.client.scatter(ref.payload, broadcast=True, hash=False)
 
     def stop_running(self) -> None:
         """Cancel the chunks still queued or running (a running task's result is dropped)."""

@@ -17,6 +17,7 @@ class InlineExecutor:
 
     workers = 1
     has_slots = False
+    shares_store = False  # items run here: the coordinator commits in line
 
     def publish(self, spec: MapSpec) -> Any:
         """Nothing to ship: the spec is used as it is."""

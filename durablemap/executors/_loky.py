@@ -49,6 +49,7 @@ class LokyExecutor:
     file that each worker loads once."""
 
     has_slots = True
+    shares_store = True  # workers on this machine open the store themselves and commit their chunks
 
     def __init__(self, workers: int | None = None) -> None:
         if workers is not None and (not isinstance(workers, int) or workers < 1):
