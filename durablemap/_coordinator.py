@@ -133,6 +133,7 @@ class Coordinator:
         self.timed_out: dict[int, str] = {}
         self.blind_breaks = 0
         self.isolate: set[int] = set()  # items of lost chunks to run one by one to find a culprit
+        self.stopping = False  # interrupted: no new work, and lost workers are not counted as crashes
         self.store = state.store()
         self.prefix = op_key(state.execution_id, spec.path)
         self.map_name = info.name or "/".join(map(str, spec.path))
@@ -392,7 +393,8 @@ class Coordinator:
         lost = sorted({index for chunk, _ in lost_chunks for index in chunk if self.codes[index] == _RUNNING})
         finished = self._recorded(lost)
         recorded = {item.index for item in finished}
-        culprits = self._culprits(lost_chunks) - recorded
+        # Workers lost while the map is being stopped (Ctrl-C) are not the items' fault.
+        culprits = set() if self.stopping else self._culprits(lost_chunks) - recorded
         how, advice = self._crash_cause(error)
         writes: list[tuple[bytes, bytes]] = []
         for index in lost:
@@ -545,6 +547,7 @@ class Coordinator:
         """Ctrl-C: dispatch nothing more, record what finishes within a short grace period, then
         stop the workers. A second Ctrl-C stops them at once."""
         self.reason = CompletionReason.ALL_COMPLETED  # stops further dispatch
+        self.stopping = True
         for future in list(self.futures):
             if future.cancel():
                 for index in self.futures.pop(future):

@@ -97,7 +97,10 @@ def init_worker(slot_dir: str, parent_pid: int) -> None:
     """Set up a loky worker: ignore Ctrl-C (the coordinator decides), dump stacks on SIGUSR1 (for
     item timeouts), publish a slot, and exit when the coordinator is gone."""
     global _slot
+    # Ctrl-C and SIGTERM, sent to the whole process group, are the coordinator's to handle: it
+    # lets items finish or stops the workers itself. A worker killed by them would count as a crash.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _slot = SlotWriter(slot_dir)
     init_item_memory(_slot)
     stack_file = open(os.path.join(slot_dir, f"{os.getpid()}.stack"), "w")  # noqa: SIM115 - lives as long as the worker

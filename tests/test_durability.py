@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from durablemap._records import decode_record
-from durablemap._store import Store, decode_key
+from durablemap._store import Store, decode_key, op_key
 
 from ._kill_helpers import assert_no_survivors, kill_group, log_lines, start, wait_for
 
@@ -148,3 +148,63 @@ def test_repeated_sigkill_of_a_map_with_steps_converges(tmp_path: Path) -> None:
     executions = log_lines(log)
     assert set(executions) == set(range(500))
     assert len(executions) - 500 <= 4 * kills
+
+
+POISON_JOB = textwrap.dedent('''
+    import os, sys, time
+    from pathlib import Path
+    from durablemap import durable_execution
+    from durablemap.config import MapConfig
+
+    DIR = Path(sys.argv[1])
+
+    def work(context, item, index, items):
+        if index == 0:
+            with open(DIR / "attempts.log", "a") as fh:
+                fh.write("0\\n")
+            os._exit(7)
+        while not (DIR / "release").exists():
+            time.sleep(0.01)
+        return index
+
+    @durable_execution
+    def handler(event, context):
+        result = context.map(list(range(6)), work, config=MapConfig(max_worker_crashes=3))
+        return [(item.index, item.status.value, item.error.message if item.error else None) for item in result.all]
+
+    if __name__ == "__main__":
+        print(handler.run(None, store=str(DIR / "store"), execution_id="poison", workers=2, progress=False))
+''')
+
+
+def test_a_poison_items_crash_count_survives_a_kill(tmp_path: Path) -> None:
+    """The crashes an item caused are recorded: after kill -9 and a re-run, it is FAILED once its
+    crashes add up to max_worker_crashes across both runs, not after three more."""
+    script = tmp_path / "poison.py"
+    script.write_text(POISON_JOB)
+    attempts = tmp_path / "attempts.log"
+    first = start(script, str(tmp_path))
+    wait_for(lambda: crash_count(tmp_path / "store") >= 1 or first.poll() is not None, what="a recorded crash")
+    kill_group(first)
+    assert_no_survivors(first.pid)
+    before = len(attempts.read_text().split())
+    assert 1 <= before < 3, "the first run should have been killed before the item failed for good"
+    (tmp_path / "release").touch()
+    second = start(script, str(tmp_path))
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err.decode()
+    assert len(attempts.read_text().split()) == 3
+    assert b"(0, 'FAILED', \"The worker process running item 0 of map 'work' died (exit code EXIT(7)) 3 times" in out
+    assert b"3 times" in out
+
+
+def crash_count(store_path: Path) -> int:
+    """The crash count recorded for item 0 of the poison job's map (0 when none yet)."""
+    if not (store_path / "data.mdb").exists():
+        return 0
+    store = Store.open(store_path, readonly=True)
+    try:
+        raw = store.get(op_key("poison", (1, 0)))
+        return int(decode_record(raw).get("crashes", 0)) if raw else 0
+    finally:
+        store.close()
