@@ -60,6 +60,7 @@ _NOT_NEW = re.compile(rb"[^\x00]")
 _CHUNK_SECONDS = 0.05  # target duration of one chunk: large enough to hide dispatch costs
 _MAX_CHUNK = 16384
 _GRACE_SECONDS = 5.0
+_MEMORY_REPORT_SECONDS = 0.5  # how often observers hear the memory figures
 _DONE_RUN = bytes([_DONE]) * _MAX_CHUNK  # codes of a finished chunk, sliced
 _RUNNING_RUN = bytes([_RUNNING]) * _MAX_CHUNK
 _BIG_ENDIAN_4 = struct.Struct(">I").pack  # an item's key is its map's key and this of its index
@@ -134,6 +135,7 @@ class Coordinator:
         self.blind_breaks = 0
         self.isolate: set[int] = set()  # items of lost chunks to run one by one to find a culprit
         self.stopping = False  # interrupted: no new work, and lost workers are not counted as crashes
+        self.memory_reported = 0.0
         self.store = state.store()
         self.prefix = op_key(state.execution_id, spec.path)
         self.map_name = info.name or "/".join(map(str, spec.path))
@@ -519,7 +521,13 @@ class Coordinator:
         return self.memory.meta()
 
     def _watch(self) -> None:
-        """Kill workers whose item ran past item_timeout, keeping the item's stack first."""
+        """Report memory to observers now and then; kill workers whose item ran past item_timeout,
+        keeping the item's stack first."""
+        if self.memory is not None and self.observers:
+            now = time.monotonic()
+            if now - self.memory_reported >= _MEMORY_REPORT_SECONDS:
+                self.memory_reported = now
+                self.observers.call("memory_sampled", self.info, self.memory.last.total, self.memory.peak_total)
         if not self.item_timeout or not self.executor.has_slots:
             return
         now = time.monotonic()

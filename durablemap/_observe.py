@@ -38,6 +38,10 @@ class Observer(Protocol):
     def map_finished(self, info: MapInfo, reason: str, succeeded: int, failed: int) -> None:
         """A map completed with this reason and these totals."""
 
+    def memory_sampled(self, info: MapInfo, total_rss: int, peak_total_rss: int) -> None:
+        """The resident memory of the coordinator and its workers together, now and at its peak in
+        this map, in bytes (every half second or so while a top-level map runs on local workers)."""
+
 
 class Observers:
     """A fan-out to the observers of one execution; a failing hook is logged, never raised."""

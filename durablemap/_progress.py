@@ -43,6 +43,14 @@ class _RateColumn(ProgressColumn):
         return Text("-- it/s" if speed is None else f"{speed:,.1f} it/s", style="progress.data.speed")
 
 
+class _MemoryColumn(ProgressColumn):
+    """The memory of the coordinator and its workers, once sampled."""
+
+    def render(self, task: Task) -> Text:
+        rss = task.fields.get("rss")
+        return Text("" if not rss else f"{rss / 2**20:,.0f} MiB", style="progress.data.speed")
+
+
 class _FailedColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         failed = int(task.fields.get("failed", 0))
@@ -56,6 +64,7 @@ class _Line:
     started: float = field(default_factory=time.monotonic)
     ran: int = 0  # items finished in this run (the rate of the summary)
     failed: int = 0
+    peak_rss: int = 0
 
 
 class ProgressObserver:
@@ -74,7 +83,7 @@ class ProgressObserver:
         if self._progress is None:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                _FailedColumn(), _RateColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                _FailedColumn(), _RateColumn(), TextColumn("ETA"), TimeRemainingColumn(), _MemoryColumn(),
                 console=self._console, refresh_per_second=REFRESH_PER_SECOND, transient=True)
             self._progress.start()
         return self._progress
@@ -101,6 +110,14 @@ class ProgressObserver:
         line.failed += failed
         self._progress.update(line.task, advance=succeeded + failed, failed=line.failed)
 
+    def memory_sampled(self, info: MapInfo, total_rss: int, peak_total_rss: int) -> None:
+        """Show the memory in use on the map's line."""
+        line = self._lines.get(info.depth)
+        if self._progress is None or line is None or line.operation_id != info.operation_id:
+            return
+        line.peak_rss = max(line.peak_rss, peak_total_rss)
+        self._progress.update(line.task, rss=total_rss)
+
     def map_finished(self, info: MapInfo, reason: str, succeeded: int, failed: int) -> None:
         """Hide a nested map's line; replace a top-level map's line with a one-line summary."""
         line = self._lines.get(info.depth)
@@ -114,6 +131,7 @@ class ProgressObserver:
         self._progress.refresh()
         elapsed = time.monotonic() - line.started
         rate = f", {line.ran / elapsed:,.1f} items/s" if elapsed > 0 and line.ran else ""
+        rate += f", peak memory {line.peak_rss / 2**20:,.0f} MiB" if line.peak_rss else ""
         label = info.name or f"map {info.operation_id}"
         style = "red" if failed else "green"
         self._progress.console.print(

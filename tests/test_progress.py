@@ -12,10 +12,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
 
+from durablemap import durable_execution
 from durablemap._observe import MapInfo
 from durablemap._progress import ProgressObserver
 
@@ -102,3 +104,35 @@ def test_one_line_per_depth_and_a_summary_per_top_level_map() -> None:
     text = _plain(out.getvalue())
     assert "outer: 10/10 done, 7 succeeded, 3 failed" in text
     assert "inner:" not in text  # nested maps get no summary line
+
+
+def nap(context: Any, item: int, index: int, items: Any) -> int:
+    time.sleep(0.02)
+    return item
+
+
+@durable_execution
+def napping(event: Any, context: Any) -> Any:
+    return context.map(list(range(80)), nap, name="naps").success_count
+
+
+class Recorder:
+    """An observer that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def items_finished(self, info: MapInfo, succeeded: int, failed: int) -> None:
+        self.calls.append(("items", info.name, succeeded, failed))
+
+    def memory_sampled(self, info: MapInfo, total_rss: int, peak_total_rss: int) -> None:
+        self.calls.append(("memory", info.name, total_rss, peak_total_rss))
+
+
+def test_observers_hear_progress_and_memory(tmp_path: Path) -> None:
+    recorder = Recorder()
+    assert napping.run(None, store=tmp_path / "s", workers=2, observers=[recorder], progress=False) == 80
+    assert sum(call[2] for call in recorder.calls if call[0] == "items") == 80
+    memory = [call for call in recorder.calls if call[0] == "memory"]
+    assert memory, "80 items of 20 ms on 2 workers take over a second: memory is reported twice a second"
+    assert all(call[1] == "naps" and 0 < call[2] <= call[3] for call in memory)
