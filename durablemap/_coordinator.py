@@ -392,6 +392,12 @@ class Coordinator:
             else:
                 lost_chunks.append((indexes, chunk_error))
         self._absorb(results)
+        if self.executor.has_slots and lost_chunks:
+            # loky fails the futures before it kills the surviving workers: let them die first, so
+            # that a record one of them commits in that window is seen below, not run again.
+            deadline = time.monotonic() + 10
+            while self.executor.worker_pids() and time.monotonic() < deadline:
+                time.sleep(0.01)
         lost = sorted({index for chunk, _ in lost_chunks for index in chunk if self.codes[index] == _RUNNING})
         finished = self._recorded(lost)
         recorded = {item.index for item in finished}
