@@ -68,7 +68,7 @@ _BIG_ENDIAN_4 = struct.Struct(">I").pack  # an item's key is its map's key and t
 
 def _items(result: ChunkResult) -> list[BatchItem[Any]]:
     """The BatchItems of a chunk result."""
-    errors = result.errors or {}
+    errors = result.errors
     items = []
     for position, (index, value) in enumerate(zip(result.indexes, result.values, strict=False)):
         error = errors.get(position)
@@ -331,7 +331,7 @@ class Coordinator:
                 for index in indexes[len(result.values):]:
                     self.codes[index] = _NEW
                     self.in_flight -= 1
-            if self.bulk and result.errors is None and isinstance(result.indexes, range):
+            if self.bulk and not result.errors and isinstance(result.indexes, range):
                 self._finish_range(result.indexes, result.values)
             else:
                 finished.extend(_items(result))

@@ -40,8 +40,8 @@ __all__ = [
 ]
 
 
-class Kind(StrEnum):
-    """The type of a recorded operation."""
+class OperationType(StrEnum):
+    """The type of a recorded operation (public as ``durablemap.lambda_service.OperationType``)."""
 
     EXECUTION = "EXECUTION"
     CONTEXT = "CONTEXT"
@@ -49,13 +49,17 @@ class Kind(StrEnum):
     WAIT = "WAIT"
 
 
-class Status(StrEnum):
-    """The state of a recorded operation."""
+class OperationStatus(StrEnum):
+    """The state of a recorded operation (public as ``durablemap.lambda_service.OperationStatus``)."""
 
     STARTED = "STARTED"
     PENDING = "PENDING"  # a step waiting for its next retry attempt
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
+
+
+Kind = OperationType
+Status = OperationStatus
 
 
 class Record(NamedTuple):

@@ -81,7 +81,7 @@ class ChunkResult:
     indexes: Sequence[int]
     records: list[bytes]
     values: list[Any]
-    errors: dict[int, dict[str, Any]] | None
+    errors: dict[int, dict[str, Any]]
     elapsed: float
     fatal: dict[str, Any] | None = None
     committed: bool = False  # the worker committed the records itself (``records`` is then empty)
@@ -136,15 +136,20 @@ def run_chunk(spec: MapSpec, indexes: Sequence[int]) -> ChunkResult:
     global _depth
     start = time.perf_counter()
     _depth += 1  # a nested map's chunk runs inside an item: the slot keeps naming the outer item
+    slot = _slot if _depth == 1 else None
+    result = ChunkResult(spec.token, indexes, [], [], {}, 0.0)
     # The cyclic collector would scan the growing result lists again and again on a chunk of tiny
     # items; it runs once the chunk is done instead.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        if spec.item_serdes is None and spec.names is None:
-            result = _run_plain_chunk(spec, indexes, start)
-        else:
-            result = _run_any_chunk(spec, indexes, start)
+        run = _run_plain_items if spec.item_serdes is None and spec.names is None else _run_any_items
+        result.fatal = run(spec, indexes, result, slot)
+        if slot is not None:
+            slot.end()
+        if result.fatal is not None:
+            result.indexes = indexes[:len(result.records)]
+        result.elapsed = time.perf_counter() - start
         if spec.commit_in_worker and result.records:
             # Records committed here, durably, before the results go back: the coordinator then only
             # counts them, and the fsync waits in this worker instead of in the coordinator.
@@ -158,43 +163,37 @@ def run_chunk(spec: MapSpec, indexes: Sequence[int]) -> ChunkResult:
             gc.enable()
 
 
-def _run_any_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> ChunkResult:
-    records: list[bytes] = []
-    values: list[Any] = []
-    errors: dict[int, dict[str, Any]] | None = None
-    slot, token = _slot if _depth == 1 else None, spec.token
-    fatal = None
+def _fatal(exc: BaseException, index: int) -> dict[str, Any]:
+    return {"type": error_type_name(exc), "message": str(exc), "index": index}
+
+
+def _run_any_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
+                   slot: SlotWriter | None) -> dict[str, Any] | None:
+    """Run items one by one into ``result``; the error that ends the execution, if one does."""
+    records, values, errors, token = result.records, result.values, result.errors, spec.token
     for index in indexes:
         if slot is not None:
             slot.begin(token, index)
         try:
             value, record, error = run_item(spec, index)
         except (ExecutionError, InvocationError) as exc:
-            fatal = {"type": error_type_name(exc), "message": str(exc), "index": index}
-            break
+            return _fatal(exc, index)
         if error is not None:
-            if errors is None:
-                errors = {}
             errors[len(records)] = error
         records.append(record)
         values.append(value)
-    if slot is not None:
-        slot.end()
-    ran = indexes if fatal is None else indexes[:len(records)]
-    return ChunkResult(token, ran, records, values, errors, time.perf_counter() - start, fatal)
+    return None
 
 
-def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> ChunkResult:
-    """``run_chunk`` for the common case (default serdes, default item names), with ``run_item``'s
-    work inlined: this loop is most of a tiny item's cost."""
-    records: list[bytes] = []
-    values: list[Any] = []
-    errors: dict[int, dict[str, Any]] | None = None
-    slot, token = _slot if _depth == 1 else None, spec.token
+def _run_plain_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
+                     slot: SlotWriter | None) -> dict[str, Any] | None:
+    """``_run_any_items`` for the common case (default serdes, default item names), with
+    ``run_item``'s work inlined: this loop is most of a tiny item's cost."""
+    records, values, errors, token = result.records, result.values, result.errors, spec.token
     state, func, inputs, base, limit = spec.state, spec.func, spec.inputs, spec.path, spec.worker_memory_limit
     head = record_head(Kind.CONTEXT, Status.SUCCEEDED, spec.sub_type)
     pack = new_packer().pack  # this loop's own: packing never re-enters it
-    fingerprints, fatal = spec.fingerprints, None
+    fingerprints = spec.fingerprints
     error: dict[str, Any] | None
     # Only items of a millisecond or more are measured for memory: tiny items skip the call.
     memory, monotonic, measure = _memory._item_memory, time.monotonic, _memory.MEASURE_SECONDS
@@ -209,8 +208,7 @@ def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chu
             value = func(DurableContext(state, (*base, index)), item, index, inputs)
             payload = pack(value)
         except (ExecutionError, InvocationError) as exc:
-            fatal = {"type": error_type_name(exc), "message": str(exc), "index": index}
-            break
+            return _fatal(exc, index)
         except Exception as exc:
             value, record, error = _item_failed(spec, index, exc, _meta(fp, note_peak(None, limit)))
         else:
@@ -227,17 +225,12 @@ def _run_plain_chunk(spec: MapSpec, indexes: Sequence[int], start: float) -> Chu
             else:
                 record = head + pack_default(_meta(fp, peak)) + payload
         if error is not None:
-            if errors is None:
-                errors = {}
             errors[len(records)] = error
         records.append(record)
         values.append(value)
-    if slot is not None:
-        slot.end()
     if memory is not None and limit:
         memory.note(None, limit)  # the periodic check against the worker limit, skipped above
-    ran = indexes if fatal is None else indexes[:len(records)]
-    return ChunkResult(token, ran, records, values, errors, time.perf_counter() - start, fatal)
+    return None
 
 
 _plain_pack = msgpack.Packer(use_bin_type=True).pack

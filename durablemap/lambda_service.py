@@ -5,17 +5,9 @@ from __future__ import annotations
 from enum import StrEnum
 
 from durablemap._errors import ErrorObject
+from durablemap._records import OperationStatus, OperationType
 
 __all__ = ["ErrorObject", "OperationStatus", "OperationSubType", "OperationType"]
-
-
-class OperationType(StrEnum):
-    """The kind of a recorded operation."""
-
-    EXECUTION = "EXECUTION"
-    CONTEXT = "CONTEXT"
-    STEP = "STEP"
-    WAIT = "WAIT"
 
 
 class OperationSubType(StrEnum):
@@ -29,12 +21,3 @@ class OperationSubType(StrEnum):
     STEP = "Step"
     WAIT = "Wait"
     RUN_IN_CHILD_CONTEXT = "RunInChildContext"
-
-
-class OperationStatus(StrEnum):
-    """Where a recorded operation stands."""
-
-    STARTED = "STARTED"
-    PENDING = "PENDING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
