@@ -42,7 +42,8 @@ __all__ = ["ItemMemory", "MemoryLimits", "MemoryMonitor", "ignore_recycling_warn
 _log = logging.getLogger("durablemap")
 
 _HARD_FACTOR = 1.5  # a worker this many times over its soft limit is killed mid-item
-_INTERVAL = 0.1  # seconds between the monitor's samples
+_INTERVAL = 0.1  # seconds between the monitor's samples while it enforces a limit
+_REPORT_INTERVAL = 0.5  # ... and while it only reports
 _FRESH = 0.01  # a sample younger than this is fresh enough for a dispatch decision
 _STALL_SECONDS = 5.0  # over budget with nothing in flight this long: the map fails
 MEASURE_SECONDS = 0.001  # items shorter than this are not measured
@@ -113,7 +114,9 @@ class MemoryMonitor:
 
     def __init__(self, executor: Any, limits: MemoryLimits, map_name: str, owner: object | None = None,
                  interval: float = _INTERVAL) -> None:
-        self.executor, self.limits, self.map_name, self.interval = executor, limits, map_name, interval
+        self.executor, self.limits, self.map_name = executor, limits, map_name
+        # With no limit to enforce, the samples only feed the peak figures and the progress display.
+        self.interval = interval if (limits.budget or limits.worker_limit) else max(interval, _REPORT_INTERVAL)
         self.slots = getattr(executor, "slots", None)
         self._me = psutil.Process()
         self._procs: dict[int, psutil.Process] = {}
