@@ -215,7 +215,8 @@ class Coordinator:
             return 1
         size = int(_CHUNK_SECONDS / max(self.per_item, 1e-7))
         remaining = self.n - self.succeeded - self.failed - self.in_flight
-        balance = -(-remaining // max(self.executor.workers, 1))
+        # At most half a fair share per chunk: near the end, workers run out of work together.
+        balance = -(-remaining // max(2 * self.executor.workers, 1))
         return max(1, min(size, _MAX_CHUNK, balance))
 
     def _dispatch(self) -> None:
