@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from durablemap._context import failed_again
 from durablemap._errors import ChildContextError, ErrorObject, ExecutionError, InvocationError, SerDesError
 from durablemap._records import Kind, Record, Status, encode_record
-from durablemap._step import operation_name
+from durablemap._step import bind_later, operation_name
 from durablemap._store import op_key, path_str
 from durablemap.config import ChildConfig
 from durablemap.serdes import deserialize_value, serialize_value
@@ -27,17 +26,7 @@ CHECKPOINT_SIZE_LIMIT_BYTES = 256 * 1024
 def durable_with_child_context(func: Callable[..., T]) -> Callable[..., Callable[[DurableContext], T]]:
     """Decorate ``func(context, *args)``: calling it with ``*args`` gives the callable to pass to
     ``context.run_in_child_context``, named after ``func``."""
-
-    @functools.wraps(func)
-    def bind(*args: Any, **kwargs: Any) -> Callable[[DurableContext], T]:
-        def child_callable(context: DurableContext) -> T:
-            return func(context, *args, **kwargs)
-
-        child_callable._original_name = func.__name__  # type: ignore[attr-defined]
-        return child_callable
-
-    bind._original_name = func.__name__  # type: ignore[attr-defined]
-    return bind
+    return bind_later(func)
 
 
 def run_child(ctx: DurableContext, func: Callable[[DurableContext], T], name: str | None,

@@ -24,7 +24,7 @@ from durablemap.serdes import deserialize_value, serialize_value
 if TYPE_CHECKING:
     from durablemap._context import DurableContext
 
-__all__ = ["durable_step", "operation_name", "run_step"]
+__all__ = ["bind_later", "durable_step", "operation_name", "run_step"]
 
 T = TypeVar("T")
 
@@ -39,20 +39,26 @@ def operation_name(func: Any) -> str | None:
     return None if not name or name == "<lambda>" else str(name)
 
 
-def durable_step(func: Callable[..., T]) -> Callable[..., Callable[[StepContext], T]]:
-    """Decorate ``func(step_context, *args)``: calling it with ``*args`` gives the step callable,
-    named after ``func``, to pass to ``context.step``."""
+def bind_later(func: Callable[..., T]) -> Callable[..., Callable[[Any], T]]:
+    """``func(first, *args)`` as ``bind(*args)(first)``, both named after ``func``: the shape of
+    ``@durable_step`` and ``@durable_with_child_context``."""
 
     @functools.wraps(func)
-    def bind(*args: Any, **kwargs: Any) -> Callable[[StepContext], T]:
-        def step_callable(step_context: StepContext) -> T:
-            return func(step_context, *args, **kwargs)
+    def bind(*args: Any, **kwargs: Any) -> Callable[[Any], T]:
+        def bound(first: Any) -> T:
+            return func(first, *args, **kwargs)
 
-        step_callable._original_name = func.__name__  # type: ignore[attr-defined]
-        return step_callable
+        bound._original_name = func.__name__  # type: ignore[attr-defined]
+        return bound
 
     bind._original_name = func.__name__  # type: ignore[attr-defined]
     return bind
+
+
+def durable_step(func: Callable[..., T]) -> Callable[..., Callable[[StepContext], T]]:
+    """Decorate ``func(step_context, *args)``: calling it with ``*args`` gives the step callable,
+    named after ``func``, to pass to ``context.step``."""
+    return bind_later(func)
 
 
 def run_step(ctx: DurableContext, func: Callable[[StepContext], T], name: str | None,
