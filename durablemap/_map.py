@@ -153,7 +153,7 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
     executor = state.executor if (state.executor is not None and not state.in_worker) else InlineExecutor()
     spec = MapSpec(int.from_bytes(os.urandom(8), "big") >> 1, state.for_worker(), path, func, inputs,
                    item_serdes, flat, item_sub_type, names, fingerprints=not flat, key_prefix=key,
-                   commit_in_worker=not flat and executor.shares_store)
+                   commit_in_worker=not flat and executor.shares_store, item_timeout=config.item_timeout)
     limits = MemoryLimits.resolve(state.settings, config.memory_budget, config.worker_memory_limit)
     spec.worker_memory_limit = limits.worker_limit
     ref = executor.publish(spec)

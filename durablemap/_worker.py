@@ -15,8 +15,10 @@ import gc
 import os
 import signal
 import struct
+import sys
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from durablemap._errors import (
     ErrorObject,
     ExecutionError,
     InvocationError,
+    ItemTimeoutError,
     SerDesError,
     error_type_name,
 )
@@ -69,6 +72,8 @@ class MapSpec:
     worker_memory_limit: int | None = None  # bytes: over it, the worker retires after its chunk
     key_prefix: bytes = b""
     commit_in_worker: bool = False  # the worker can reach the store: it commits its chunks' records
+    item_timeout: float | None = None
+    timeout_in_worker: bool = False  # no coordinator watches this worker's slot (Dask): time items here
 
 
 @dataclass
@@ -143,7 +148,8 @@ def run_chunk(spec: MapSpec, indexes: Sequence[int]) -> ChunkResult:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        run = _run_plain_items if spec.item_serdes is None and spec.names is None else _run_any_items
+        plain = spec.item_serdes is None and spec.names is None and not spec.timeout_in_worker
+        run = _run_plain_items if plain else _run_any_items
         result.fatal = run(spec, indexes, result, slot)
         if slot is not None:
             slot.end()
@@ -175,7 +181,10 @@ def _run_any_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
         if slot is not None:
             slot.begin(token, index)
         try:
-            value, record, error = run_item(spec, index)
+            if spec.timeout_in_worker and spec.item_timeout:
+                value, record, error = _run_item_within(spec, index, spec.item_timeout)
+            else:
+                value, record, error = run_item(spec, index)
         except (ExecutionError, InvocationError) as exc:
             return _fatal(exc, index)
         if error is not None:
@@ -264,6 +273,35 @@ def _unserializable(spec: MapSpec, index: int, name: str | None, exc: SerDesErro
                     meta: dict[str, Any] | None) -> tuple[None, bytes, dict[str, Any]]:
     return _failed(spec, name, ErrorObject.from_exception(SerDesError(
         f"The result of item {index} of map '{path_str(spec.path)}' cannot be serialized: {exc}")), meta)
+
+
+def _run_item_within(spec: MapSpec, index: int, seconds: float) -> tuple[Any, bytes, dict[str, Any] | None]:
+    """``run_item`` with a time limit, where nothing outside can kill this process for it (a Dask
+    worker thread): the item runs in a thread of its own; past the limit it is FAILED with
+    ``ItemTimeoutError`` and its stack, and the thread is left to finish on its own."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["out"] = run_item(spec, index)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"durablemap-item-{index}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        frame = sys._current_frames().get(thread.ident or -1)
+        stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
+        error = ErrorObject.from_exception(ItemTimeoutError(
+            f"Item {index} of map '{path_str(spec.path)}' ran longer than item_timeout={seconds:g} s. "
+            "Its stack is in the error data. On Dask its thread cannot be killed and runs on in the "
+            "worker; raise MapConfig.item_timeout if it needs longer, or fix the hang."))
+        return _failed(spec, None, ErrorObject(error.message, error.type, stack, error.stack_trace), None)
+    if "error" in box:
+        raise box["error"]
+    result: tuple[Any, bytes, dict[str, Any] | None] = box["out"]
+    return result
 
 
 def run_item(spec: MapSpec, index: int) -> tuple[Any, bytes, dict[str, Any] | None]:

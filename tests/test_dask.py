@@ -159,6 +159,31 @@ def test_a_poison_item_is_found_and_fails_alone(tmp_path: Path, executor: DaskEx
     assert result["all"][5]["error"]["ErrorType"] == "durablemap.WorkerCrashedError"
 
 
+def stuck_in_here(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def hangs_on_two(context: DurableContext, item: int, index: int, items: list[int]) -> int:
+    if index == 2:
+        stuck_in_here(600)
+    return item * 10
+
+
+def test_item_timeout_holds_on_dask(tmp_path: Path, executor: DaskExecutor) -> None:
+    """A hung item is FAILED with ItemTimeoutError and its stack; the map goes on."""
+
+    @durable_execution
+    def handler(event: Any, context: DurableContext) -> Any:
+        return context.map(list(range(6)), hangs_on_two, config=MapConfig(item_timeout=1.0)).to_dict()
+
+    result = handler.run(None, store=tmp_path / "store", executor=executor, progress=False)
+    statuses = [e["status"] for e in result["all"]]
+    assert statuses == ["SUCCEEDED", "SUCCEEDED", "FAILED", "SUCCEEDED", "SUCCEEDED", "SUCCEEDED"]
+    error = result["all"][2]["error"]
+    assert error["ErrorType"] == "durablemap.ItemTimeoutError"
+    assert "stuck_in_here" in error["ErrorData"]
+
+
 # -- steps inside items -----------------------------------------------------------------------------
 
 @durable_step

@@ -189,6 +189,7 @@ class DaskExecutor:
         state = spec.state
         remote_spec = MapSpec(**{f.name: getattr(spec, f.name) for f in fields(MapSpec)})
         remote_spec.state = RemoteState(**{f.name: getattr(state, f.name) for f in fields(ExecutionState)})
+        remote_spec.timeout_in_worker = True  # no slots here: items keep their own time on the worker
         try:
             payload = cloudpickle.dumps(remote_spec)
         except Exception as exc:
