@@ -136,6 +136,9 @@ class Coordinator:
         self.isolate: set[int] = set()  # items of lost chunks to run one by one to find a culprit
         self.stopping = False  # interrupted: no new work, and lost workers are not counted as crashes
         self.memory_reported = 0.0
+        # Executors whose every task costs more to dispatch (Dask: the scheduler, the network) want
+        # longer chunks.
+        self.chunk_seconds = float(getattr(executor, "chunk_seconds", _CHUNK_SECONDS))
         self.store = state.store()
         self.prefix = op_key(state.execution_id, spec.path)
         self.map_name = info.name or "/".join(map(str, spec.path))
@@ -213,7 +216,7 @@ class Coordinator:
     def _chunk_size(self) -> int:
         if self.per_item is None:
             return 1
-        size = int(_CHUNK_SECONDS / max(self.per_item, 1e-7))
+        size = int(self.chunk_seconds / max(self.per_item, 1e-7))
         remaining = self.n - self.succeeded - self.failed - self.in_flight
         # At most half a fair share per chunk: near the end, workers run out of work together.
         balance = -(-remaining // max(2 * self.executor.workers, 1))

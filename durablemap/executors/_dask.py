@@ -153,6 +153,7 @@ class DaskExecutor:
     """
 
     has_slots = False
+    chunk_seconds = 0.25  # a Dask task costs a scheduler round trip: chunks of about this much work
     shares_store = False  # items' records travel back; workers need no access to the store
     client: Any  # distributed.Client (typed Any: distributed's annotations are partial)
 
