@@ -16,14 +16,17 @@ from durablemap import (
     ChildContextError,
     CompletionReason,
     DurableContext,
+    ParallelBranch,
     ValidationError,
     durable_execution,
+    durable_parallel_branch,
 )
 from durablemap.config import (
     CompletionConfig,
     CompletionOutcome,
     CompletionStatus,
     MapConfig,
+    ParallelConfig,
     complete_batch,
     continue_batch,
 )
@@ -296,3 +299,40 @@ def named(event: Any, context: DurableContext) -> Any:
 def test_range_inputs_and_item_namer(tmp_path: Path) -> None:
     out = named.run(None, store=tmp_path / "s", workers=2)
     assert [entry["result"] for entry in out["all"]] == [0, 1, 4, 9]
+
+
+# -- parallel ------------------------------------------------------------------------------------
+@durable_parallel_branch(name="fetch-users")
+def fetch_users(context: DurableContext) -> list[str]:
+    return ["ada", "bob"]
+
+
+def fetch_orders(context: DurableContext) -> int:
+    return 42
+
+
+def broken_branch(context: DurableContext) -> int:
+    raise RuntimeError("branch down")
+
+
+@durable_execution
+def branches(event: dict[str, Any], context: DurableContext) -> Any:
+    functions = [fetch_users, fetch_orders, ParallelBranch(lambda ctx: "inline", name="third")]
+    if event.get("broken"):
+        functions.insert(1, broken_branch)
+    config = ParallelConfig(max_concurrency=1) if event.get("broken") else None
+    return context.parallel(functions, name="gather", config=config).to_dict()
+
+
+def test_parallel_runs_each_branch_and_replays(tmp_path: Path) -> None:
+    out = branches.run({}, store=tmp_path / "s", execution_id="p", workers=2)
+    assert [entry["result"] for entry in out["all"]] == [["ada", "bob"], 42, "inline"]
+    assert out["completionReason"] == "ALL_COMPLETED"
+    assert branches.run({}, store=tmp_path / "s", execution_id="p", workers=2) == out
+
+
+def test_parallel_defaults_to_all_successful(tmp_path: Path) -> None:
+    out = branches.run({"broken": True}, store=tmp_path / "s", workers=2)
+    assert [(entry["index"], entry["status"]) for entry in out["all"]] == [(0, "SUCCEEDED"), (1, "FAILED")]
+    assert out["completionReason"] == "FAILURE_TOLERANCE_EXCEEDED"
+    assert out["all"][1]["error"]["ErrorMessage"] == "branch down"
