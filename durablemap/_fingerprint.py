@@ -4,7 +4,6 @@ resume can tell that an input changed since its result was recorded."""
 from __future__ import annotations
 
 import hashlib
-import pickle
 from typing import Any
 
 from durablemap.serdes import DEFAULT_SERDES, SerDesContext
@@ -14,18 +13,19 @@ __all__ = ["fingerprint"]
 _CONTEXT = SerDesContext()
 
 
-def fingerprint(value: Any) -> bytes | int:
+def fingerprint(value: Any) -> bytes | int | None:
     """A small value that changes when ``value`` changes: a machine-sized int stands for itself,
-    anything else gives 8 bytes of digest (of its msgpack encoding, else pickle, else repr)."""
+    anything else the default serdes can encode gives 8 bytes of digest of that encoding.
+
+    Anything else (a set, a custom object) gives None: no fingerprint, so no drift check for that
+    item. Its pickle would not do: a set's order, for one, changes from one process to the next, and
+    an unchanged input would look changed."""
     if type(value) is int and -(2**63) <= value < 2**63:
         return value
     try:
         data = DEFAULT_SERDES.serialize(value, _CONTEXT)
     except Exception:
-        try:
-            data = pickle.dumps(value, protocol=5)
-        except Exception:
-            data = repr(value).encode()
+        return None
     if isinstance(data, str):
         data = data.encode()
     return hashlib.blake2b(data, digest_size=8).digest()

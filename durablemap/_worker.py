@@ -312,7 +312,8 @@ def run_item(spec: MapSpec, index: int) -> tuple[Any, bytes, dict[str, Any] | No
     path = (*spec.path, index)
     name = spec.names[index] if spec.names is not None else None
     item = spec.inputs[index]
-    meta = {"fp": fingerprint(item)} if spec.fingerprints else None
+    fp = fingerprint(item) if spec.fingerprints else None
+    meta = {"fp": fp} if fp is not None else None
     try:
         value = spec.func(DurableContext(state, path), item, index, spec.inputs)
     except (ExecutionError, InvocationError):

@@ -314,3 +314,26 @@ def test_switching_nesting_type_on_resume_is_detected(tmp_path: Path) -> None:
     with pytest.raises(NonDeterministicExecutionError, match="nesting_type NESTED, and is now FLAT"):
         nesting.run({"nesting": "FLAT", "dir": str(tmp_path)}, store=store, **run)
     assert nesting.run({"nesting": "NESTED", "dir": str(tmp_path)}, store=store, **run) == [0, 2, 4, 6, 8, 10]
+
+
+def count_tags(ctx: DurableContext, item: dict[str, Any], index: int, items: Any) -> int:
+    if index == 4 and Path(item["dir"], "stop").exists():
+        raise ExecutionError("stopping the job half-way")
+    return len(item["tags"])
+
+
+@durable_execution
+def tagged(event: dict[str, Any], context: DurableContext) -> Any:
+    items = [{"tags": {f"tag-{i}-{j}" for j in range(i + 3)}, "dir": event["dir"]} for i in range(6)]
+    return context.map(items, count_tags, config=MapConfig(max_concurrency=1)).get_results()
+
+
+def test_inputs_without_a_stable_encoding_resume_without_false_drift(tmp_path: Path) -> None:
+    """A set's order changes from process to process: such inputs are not fingerprinted, so an
+    unchanged input is never taken for a changed one."""
+    (tmp_path / "stop").touch()
+    with pytest.raises(ExecutionError):
+        tagged.run({"dir": str(tmp_path)}, store=tmp_path / "s", execution_id="t", workers=2)
+    (tmp_path / "stop").unlink()
+    assert tagged.run({"dir": str(tmp_path)}, store=tmp_path / "s", execution_id="t", workers=2) == [
+        3, 4, 5, 6, 7, 8]
