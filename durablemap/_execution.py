@@ -49,10 +49,18 @@ def _handler_module(func: Callable[..., Any]) -> str:
     return module
 
 
+def _stable_repr(value: Any) -> Any:
+    # A set's order changes from one process to the next: sort it, so that the same event gives the
+    # same execution id on every run.
+    if isinstance(value, set | frozenset):
+        return sorted(map(repr, value))
+    return repr(value)
+
+
 def default_execution_id(func: Callable[..., Any], event: Any) -> str:
     """The handler's module and qualified name and a hash of the event: the same script on the same
     input resumes the same execution."""
-    encoded = json.dumps(event, sort_keys=True, default=repr, separators=(",", ":"))
+    encoded = json.dumps(event, sort_keys=True, default=_stable_repr, separators=(",", ":"))
     digest = hashlib.blake2b(encoded.encode(), digest_size=8).hexdigest()
     qualname = str(getattr(func, "__qualname__", "handler"))
     return f"{_handler_module(func)}.{qualname}-{digest}"

@@ -47,3 +47,16 @@ def test_durablemap_errors_report_public_type_names() -> None:
     assert error_type_name(StepError) == "durablemap.StepError"
     assert error_type_name(WorkerCrashedError) == "durablemap.WorkerCrashedError"
     assert error_type_name(ValueError) == "ValueError"
+
+
+def test_the_default_execution_id_is_the_same_in_every_process() -> None:
+    """Sets in the event are iterated in a different order by each process: the id must not be."""
+    import subprocess
+    import sys
+
+    code = ("from durablemap._execution import default_execution_id\n"
+            "def handler(event, context): pass\n"
+            "print(default_execution_id(handler, {'tags': {'a', 'b', 'c', 'd', 'e'}, 'n': 3}))")
+    ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+           for _ in range(4)}
+    assert len(ids) == 1
