@@ -433,7 +433,8 @@ class Coordinator:
         items = []
         for index in indexes:
             raw = self.store.get(self.prefix + index.to_bytes(4, "big"))
-            outcome = decode_item_outcome(raw, self.spec.item_serdes) if raw is not None else None
+            outcome = None if raw is None else decode_item_outcome(
+                raw, self.spec.item_serdes, index, self.info.operation_id, self.state.execution_id)
             if outcome is not None:
                 status, value, error = outcome
                 items.append(BatchItem(index, status, value, error))

@@ -31,7 +31,7 @@ from durablemap._errors import (
 from durablemap._fingerprint import fingerprint
 from durablemap._memory import MemoryLimits
 from durablemap._observe import MapInfo
-from durablemap._records import Kind, Record, Status, compact_fields, encode_record
+from durablemap._records import Kind, Record, Status, compact_fields, encode_record, item_outcome
 from durablemap._step import operation_name
 from durablemap._store import op_key, path_str
 from durablemap._worker import MapSpec
@@ -230,7 +230,7 @@ def _read_prior(state: Any, path: tuple[int, ...], inputs: Sequence[Any], item_s
     op_id = path_str(path)
     n = len(inputs)
     changed: list[int] = []
-    for index, fields, value in _item_records(state, path, item_serdes):
+    for index, fields, outcome in _item_records(state, path, item_serdes):
         if index >= n:
             continue  # the inputs shrank: items past the end are not part of this run
         status, meta = fields[1], fields[6]
@@ -240,10 +240,8 @@ def _read_prior(state: Any, path: tuple[int, ...], inputs: Sequence[Any], item_s
         if status in _DONE and recorded_fp is not None and recorded_fp != fingerprint(inputs[index]):
             changed.append(index)
             continue
-        if status == Status.SUCCEEDED:
-            prior.items[index] = BatchItem(index, BatchItemStatus.SUCCEEDED, value, None)
-        elif status == Status.FAILED and not state.retry_failed:
-            prior.items[index] = BatchItem(index, BatchItemStatus.FAILED, None, ErrorObject.from_dict(fields[5] or {}))
+        if outcome is not None and (status == Status.SUCCEEDED or not state.retry_failed):
+            prior.items[index] = BatchItem(index, *outcome)
         elif status == Status.STARTED:
             prior.crashes[index] = int((meta or {}).get("crashes", 0))
     if changed and not recompute:
@@ -255,17 +253,14 @@ def _read_prior(state: Any, path: tuple[int, ...], inputs: Sequence[Any], item_s
 _DONE = frozenset((Status.SUCCEEDED, Status.FAILED))
 
 
-def _item_records(state: Any, path: tuple[int, ...], item_serdes: Any) -> Iterator[tuple[int, list[Any], Any]]:
-    """Each item record of a map in index order: ``(index, fields, value)``, the value decoded
-    (SUCCEEDED items; None otherwise)."""
+def _item_records(state: Any, path: tuple[int, ...], item_serdes: Any,
+                  ) -> Iterator[tuple[int, list[Any], tuple[BatchItemStatus, Any, ErrorObject | None] | None]]:
+    """Each item record of a map in index order: ``(index, fields, outcome)``, the seven fields
+    and ``item_outcome`` of the record."""
     op_id = path_str(path)
     for index, fields in _raw_item_records(state, path):
-        if len(fields) == 3:
-            yield index, compact_fields(fields), fields[2]
-        elif fields[1] == "SUCCEEDED":
-            yield index, fields, _decode_item(item_serdes, fields[4], op_id, index, state.execution_id)
-        else:
-            yield index, fields, None
+        outcome = item_outcome(fields, item_serdes, index, op_id, state.execution_id)
+        yield index, compact_fields(fields) if len(fields) == 3 else fields, outcome
 
 
 def _raw_item_records(state: Any, path: tuple[int, ...]) -> Iterator[tuple[int, list[Any]]]:
@@ -301,30 +296,17 @@ def _drift(op_id: str, name: str | None, what: str) -> NonDeterministicExecution
         "`durablemap rm ID`).", step_id=op_id)
 
 
-def _decode_item(serdes: Any, payload: bytes | str | None, op_id: str, index: int, execution_id: str) -> Any:
-    try:
-        return deserialize_value(serdes, payload or b"", f"{op_id}/{index}", execution_id)
-    except SerDesError as exc:
-        raise SerDesError(f"The recorded result of item {index} of map '{op_id}' cannot be "
-                          f"deserialized: {exc}") from exc
-
-
 def _replay_rows(state: Any, path: tuple[int, ...], indexes: Sequence[int], records: list[list[Any]],
                  started: set[int], config: MapConfig[Any] | ParallelConfig,
                  ) -> list[tuple[int, BatchItemStatus, Any, Any]]:
     """``(index, status, result, error)`` of each finished item, from its record."""
     op_id, item_serdes = path_str(path), config.item_serdes or config.serdes
     rows: list[tuple[int, BatchItemStatus, Any, Any]] = []
-    append, succeeded, failed = rows.append, BatchItemStatus.SUCCEEDED, BatchItemStatus.FAILED
     for index, fields in zip(indexes, records, strict=True):
-        if index in started:
-            continue
-        if len(fields) == 3:  # compact: SUCCEEDED
-            append((index, succeeded, fields[2], None))
-        elif fields[1] == "SUCCEEDED":
-            append((index, succeeded, _decode_item(item_serdes, fields[4], op_id, index, state.execution_id), None))
-        elif fields[1] == "FAILED":
-            append((index, failed, None, ErrorObject.from_dict(fields[5] or {})))
+        if index not in started:
+            outcome = item_outcome(fields, item_serdes, index, op_id, state.execution_id)
+            if outcome is not None:
+                rows.append((index, *outcome))
     return rows
 
 

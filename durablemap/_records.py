@@ -31,12 +31,12 @@ from typing import Any, NamedTuple
 import msgpack
 
 from durablemap._batch import BatchItemStatus
-from durablemap._errors import ErrorObject, StoreError
+from durablemap._errors import ErrorObject, SerDesError, StoreError
 from durablemap.serdes import DEFAULT_SERDES, SerDesContext, deserialize_value, unpack_default
 
 __all__ = [
     "Kind", "Record", "Status", "compact_fields", "decode_item_outcome", "decode_raw", "decode_record",
-    "encode_inline_item", "encode_record", "record_head",
+    "encode_inline_item", "encode_record", "item_outcome", "record_head",
 ]
 
 
@@ -155,15 +155,26 @@ def decode_record(data: bytes, where: str = "") -> Record:
         ) from None
 
 
-def decode_item_outcome(raw: bytes, item_serdes: Any) -> tuple[BatchItemStatus, Any, ErrorObject | None] | None:
-    """The outcome an item record holds: ``(status, result, error)``, the result decoded with the
-    map's item serdes; None when the item has not finished (a crash record)."""
-    fields = decode_raw(raw)
+def item_outcome(fields: list[Any], item_serdes: Any, index: int, op_id: str,
+                 execution_id: str) -> tuple[BatchItemStatus, Any, ErrorObject | None] | None:
+    """What the item record ``fields`` (as ``decode_raw`` gives them) holds: ``(status, result,
+    error)``, the result decoded with the map's item serdes; None when the item has not finished (a
+    crash record). Every reader of item records (resume, replay, crash recovery) goes through here."""
     if len(fields) == 3:
         return BatchItemStatus.SUCCEEDED, fields[2], None
-    record = decode_record(raw)
-    if record.status == Status.SUCCEEDED:
-        return BatchItemStatus.SUCCEEDED, deserialize_value(item_serdes, record.payload or b"", "", ""), None
-    if record.status == Status.FAILED:
-        return BatchItemStatus.FAILED, None, ErrorObject.from_dict(record.error or {})
+    if fields[1] == Status.SUCCEEDED:
+        try:
+            value = deserialize_value(item_serdes, fields[4] or b"", f"{op_id}/{index}", execution_id)
+        except SerDesError as exc:
+            raise SerDesError(f"The recorded result of item {index} of map '{op_id}' cannot be "
+                              f"deserialized: {exc}") from exc
+        return BatchItemStatus.SUCCEEDED, value, None
+    if fields[1] == Status.FAILED:
+        return BatchItemStatus.FAILED, None, ErrorObject.from_dict(fields[5] or {})
     return None
+
+
+def decode_item_outcome(raw: bytes, item_serdes: Any, index: int, op_id: str,
+                        execution_id: str) -> tuple[BatchItemStatus, Any, ErrorObject | None] | None:
+    """``item_outcome`` of the record bytes ``raw``."""
+    return item_outcome(decode_raw(raw), item_serdes, index, op_id, execution_id)
