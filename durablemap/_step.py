@@ -82,10 +82,8 @@ def run_step(ctx: DurableContext, func: Callable[[StepContext], T], name: str | 
 
 
 def _raise_recorded(record: Record) -> None:
-    error = ErrorObject.from_dict(record.error or {})
-    if error.type == "durablemap.SerDesError":
-        raise SerDesError(error.message, error_type=error.type, data=error.data, stack_trace=error.stack_trace)
-    error.raise_as_operation_error(StepError)
+    # A recorded SerDesError comes back as a SerDesError, anything else as a StepError.
+    ErrorObject.from_dict(record.error or {}).raise_as_operation_error(StepError)
 
 
 def _run_attempts(ctx: DurableContext, func: Callable[[StepContext], T], name: str | None,

@@ -268,35 +268,6 @@ class Store:
                         values.append(value)
         return indexes, values
 
-    def children_block(self, prefix_key: bytes) -> tuple[bytes, list[bytes]]:
-        """The direct children of ``prefix_key`` gathered in one pass: their index components
-        joined (4 big-endian bytes each, in order) and their values. The fast path for reading
-        every item of a large map; the same records as ``scan_children``."""
-        base = len(prefix_key)
-        child_len = base + COMPONENT_SIZE
-        components: list[bytes] = []
-        values: list[bytes] = []
-        add_component, add_value = components.append, values.append
-        with self._env().read_txn("children_block") as txn:
-            cursor = txn.cursor(db=self._db(b"records"))
-            seek = prefix_key
-            while cursor.set_range(seek):
-                for key, value in cursor.iternext():
-                    if not key.startswith(prefix_key):
-                        return b"".join(components), values
-                    if len(key) == child_len:
-                        add_component(key[base:])
-                        add_value(value)
-                    elif len(key) > child_len:
-                        index = int.from_bytes(key[base:child_len], "big")
-                        if index == MAX_COMPONENT:
-                            return b"".join(components), values
-                        seek = prefix_key + (index + 1).to_bytes(COMPONENT_SIZE, "big")
-                        break
-                else:
-                    break
-        return b"".join(components), values
-
     def delete_prefix(self, prefix: bytes) -> int:
         """Delete every record whose key starts with ``prefix`` in one transaction; returns how many."""
         db = self._db(b"records")

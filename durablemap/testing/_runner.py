@@ -93,11 +93,6 @@ class _Snapshot:
     def store(self) -> _Snapshot:
         return self
 
-    def children_block(self, prefix_key: bytes) -> tuple[bytes, list[bytes]]:
-        _eid, parent = decode_key(prefix_key)
-        paths = self.children.get(parent, [])
-        return b"".join(p[-1].to_bytes(4, "big") for p in paths), [self.raw[p] for p in paths]
-
     def children_columns(self, prefix_key: bytes) -> tuple[list[int], list[bytes]]:
         _eid, parent = decode_key(prefix_key)
         paths = self.children.get(parent, [])
