@@ -6,10 +6,8 @@ one costs about what building a 4-tuple costs, and it is immutable and hashable 
 
 from __future__ import annotations
 
-import gc
 import logging
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
@@ -17,6 +15,7 @@ from operator import countOf, itemgetter
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from durablemap._errors import BatchCompletionError, ChildContextError, ErrorObject
+from durablemap._gc import paused
 
 if TYPE_CHECKING:
     from durablemap.config import CompletionConfig
@@ -52,23 +51,6 @@ _STARTED = BatchItemStatus.STARTED
 # Enum lookup by value goes through EnumMeta.__call__; a dict is several times faster on big results.
 _STATUS_BY_VALUE: dict[str, BatchItemStatus] = {s.value: s for s in BatchItemStatus}
 _tuple_new = tuple.__new__
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building many items.
-
-    Creating a million container objects triggers repeated full collections that scan every one of
-    them: measured here, 0.7 us per item with the collector on against 0.2 us with it paused. Items
-    hold no reference cycles, so nothing is lost by collecting later.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class BatchItem(tuple[Any, ...], Generic[R]):
@@ -146,9 +128,9 @@ class BatchItem(tuple[Any, ...], Generic[R]):
         """Build many items from ``(index, status, result, error)`` tuples, in one C-level loop.
 
         Meant for results of a million items: it is faster than calling `BatchItem` per item, and
-        the cyclic GC is paused meanwhile (see `_gc_paused`).
+        the cyclic GC is paused meanwhile (see `durablemap._gc.paused`).
         """
-        with _gc_paused():
+        with paused():
             return list(map(partial(_tuple_new, cls), rows))
 
     @classmethod
@@ -269,7 +251,7 @@ class BatchResult(Generic[R]):
     @classmethod
     def from_dict(cls, data: dict[str, Any], completion_config: CompletionConfig | None = None) -> BatchResult[Any]:
         """Inverse of `to_dict`. Without ``completionReason``, the reason is inferred (`from_items`)."""
-        with _gc_paused():
+        with paused():
             items: list[BatchItem[Any]] = [BatchItem.from_dict(d) for d in data["all"]]
         reason = data.get("completionReason")
         if reason is None:

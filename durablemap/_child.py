@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from durablemap._context import failed_again
 from durablemap._errors import ChildContextError, ErrorObject, ExecutionError, InvocationError, SerDesError
-from durablemap._records import Kind, Record, Status, encode_record
+from durablemap._records import CHECKPOINT_SIZE_LIMIT_BYTES, Kind, RecordWriter, Status, SubType
 from durablemap._step import bind_later, operation_name
 from durablemap._store import op_key, path_str
 from durablemap.config import ChildConfig
@@ -20,9 +20,6 @@ __all__ = ["CHECKPOINT_SIZE_LIMIT_BYTES", "durable_with_child_context", "run_chi
 
 T = TypeVar("T")
 
-CHECKPOINT_SIZE_LIMIT_BYTES = 256 * 1024
-
-
 def durable_with_child_context(func: Callable[..., T]) -> Callable[..., Callable[[DurableContext], T]]:
     """Decorate ``func(context, *args)``: calling it with ``*args`` gives the callable to pass to
     ``context.run_in_child_context``, named after ``func``."""
@@ -34,7 +31,7 @@ def run_child(ctx: DurableContext, func: Callable[[DurableContext], T], name: st
     """Return the recorded result of this child context, or run ``func`` in it and record it."""
     config = config or ChildConfig()
     name = name or operation_name(func)
-    sub_type = config.sub_type or "RunInChildContext"
+    sub_type = config.sub_type or SubType.RUN_IN_CHILD_CONTEXT
     path = ctx.next_path()
     record = ctx.lookup(path, Kind.CONTEXT, sub_type, name)
     state = ctx.state
@@ -47,12 +44,7 @@ def run_child(ctx: DurableContext, func: Callable[[DurableContext], T], name: st
             ErrorObject.from_dict(record.error or {}).raise_as_operation_error(ChildContextError)
         elif not record.get("replay_children"):
             return deserialize_value(config.serdes, record.payload or b"", op_id, state.execution_id)  # type: ignore[no-any-return]
-    store = state.store()
-    key = op_key(state.execution_id, path)
-
-    def put(status: str, payload: Any = None, error: dict[str, Any] | None = None,
-            meta: dict[str, Any] | None = None) -> None:
-        store.put(key, encode_record(Record(Kind.CONTEXT, status, name, sub_type, payload, error, meta)))
+    put = RecordWriter(state.store(), op_key(state.execution_id, path), Kind.CONTEXT, name, sub_type).put
 
     try:
         value = func(child)

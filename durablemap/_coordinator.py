@@ -17,12 +17,10 @@ chunks, slow items one by one), within ``max_concurrency``.
 from __future__ import annotations
 
 import contextlib
-import gc
 import heapq
 import os
 import re
 import signal
-import struct
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -44,9 +42,10 @@ from durablemap._errors import (
     UnrecoverableError,
     WorkerCrashedError,
 )
+from durablemap._gc import paused
 from durablemap._memory import MemoryLimits, MemoryMonitor, ignore_recycling_warning
 from durablemap._observe import MapInfo, Observers
-from durablemap._records import Kind, Record, Status, decode_item_outcome, encode_record
+from durablemap._records import Kind, Record, Status, decode_item_outcome, encode_record, item_key, item_keys
 from durablemap._state import ExecutionState
 from durablemap._store import op_key
 from durablemap._worker import ChunkResult, MapSpec
@@ -63,7 +62,6 @@ _GRACE_SECONDS = 5.0
 _MEMORY_REPORT_SECONDS = 0.5  # how often observers hear the memory figures
 _DONE_RUN = bytes([_DONE]) * _MAX_CHUNK  # codes of a finished chunk, sliced
 _RUNNING_RUN = bytes([_RUNNING]) * _MAX_CHUNK
-_BIG_ENDIAN_4 = struct.Struct(">I").pack  # an item's key is its map's key and this of its index
 
 
 def _items(result: ChunkResult) -> list[BatchItem[Any]]:
@@ -157,13 +155,8 @@ class Coordinator:
         """Run until the completion policy says the map is complete."""
         # The items of a big map are many small tracked objects: with the cyclic collector on, each
         # chunk would set off collections that scan all the items so far. It runs after the map.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with paused():
             return self._run()
-        finally:
-            if collecting:
-                gc.enable()
 
     def _run(self) -> MapOutcome:
         if self.observers:
@@ -313,13 +306,12 @@ class Coordinator:
         results = [r for r in results if not r[1].committed]
         if not results:
             return
-        prefix = self.prefix.__add__
         if len(results) == 1:
             records = results[0][1].records
-            keys = list(map(prefix, map(_BIG_ENDIAN_4, results[0][1].indexes)))
+            keys = item_keys(self.prefix, results[0][1].indexes)
         else:
             records = [record for _, result in results for record in result.records]
-            keys = list(map(prefix, map(_BIG_ENDIAN_4, chain.from_iterable(r.indexes for _, r in results))))
+            keys = item_keys(self.prefix, chain.from_iterable(r.indexes for _, r in results))
         if keys:
             self.store.put_columns(keys, records)
 
@@ -432,7 +424,7 @@ class Coordinator:
             return []
         items = []
         for index in indexes:
-            raw = self.store.get(self.prefix + index.to_bytes(4, "big"))
+            raw = self.store.get(item_key(self.prefix, index))
             outcome = None if raw is None else decode_item_outcome(
                 raw, self.spec.item_serdes, index, self.info.operation_id, self.state.execution_id)
             if outcome is not None:
@@ -477,7 +469,7 @@ class Coordinator:
                 f"The worker process running item {index} of map '{self.map_name}' died "
                 f"({how}) {crashes} times; the item is FAILED and the map goes on. {advice}"), None, writes)
         name = self.names[index] if self.names is not None else None
-        writes.append((self.prefix + index.to_bytes(4, "big"), encode_record(Record(
+        writes.append((item_key(self.prefix, index), encode_record(Record(
             Kind.CONTEXT, Status.STARTED, name, self.spec.sub_type, None, None, {"crashes": crashes, "exit": how}))))
         return None
 
@@ -500,7 +492,7 @@ class Coordinator:
         if data is not None:
             error = ErrorObject(error.message, error.type, data, error.stack_trace)
         name = self.names[index] if self.names is not None else None
-        writes.append((self.prefix + index.to_bytes(4, "big"), encode_record(Record(
+        writes.append((item_key(self.prefix, index), encode_record(Record(
             Kind.CONTEXT, Status.FAILED, name, self.spec.sub_type, None, error.to_dict(),
             {"crashes": self.crashes.get(index, 0)}))))
         return BatchItem(index, BatchItemStatus.FAILED, None, error)

@@ -23,7 +23,7 @@ from durablemap._clock import Clock
 from durablemap._context import DurableContext
 from durablemap._errors import ErrorObject, ValidationError
 from durablemap._observe import Observers
-from durablemap._records import Kind, Record, Status, decode_record, encode_record
+from durablemap._records import Kind, RecordWriter, Status, SubType, decode_record
 from durablemap._state import ExecutionState
 from durablemap._store import Store, op_key
 from durablemap.serdes import serialize_value
@@ -157,11 +157,10 @@ class DurableFunction:
     @staticmethod
     def _put(store: Store, state: ExecutionState, key: bytes, status: str, payload: Any,
              error: dict[str, Any] | None, meta: dict[str, Any]) -> None:
-        store.put(key, encode_record(Record(Kind.EXECUTION, status, meta.get("handler"), "Execution",
-                                            payload, error, meta)))
-        store.index_put("executions", state.execution_id.encode(), encode_record(Record(
-            Kind.EXECUTION, status, meta.get("handler"), "Execution", None, None,
-            {k: meta[k] for k in ("handler", "created", "started", "ended", "runs") if k in meta})))
+        writer = RecordWriter(store, key, Kind.EXECUTION, meta.get("handler"), SubType.EXECUTION)
+        writer.put(status, payload, error, meta)
+        store.index_put("executions", state.execution_id.encode(), writer.record(
+            status, meta={k: meta[k] for k in ("handler", "created", "started", "ended", "runs") if k in meta}))
 
 
 def _env_float(name: str, default: float) -> float:

@@ -6,12 +6,11 @@ need to run at all, and records the outcome.
 
 from __future__ import annotations
 
-import gc
 import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
-from operator import countOf, itemgetter
+from operator import countOf
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
@@ -29,9 +28,21 @@ from durablemap._errors import (
     ValidationError,
 )
 from durablemap._fingerprint import fingerprint
+from durablemap._gc import paused
 from durablemap._memory import MemoryLimits
 from durablemap._observe import MapInfo
-from durablemap._records import Kind, Record, Status, compact_fields, encode_record, item_outcome
+from durablemap._records import (
+    CHECKPOINT_SIZE_LIMIT_BYTES,
+    Kind,
+    Record,
+    RecordWriter,
+    Status,
+    SubType,
+    all_compact,
+    as_record,
+    compact_values,
+    item_outcome,
+)
 from durablemap._step import operation_name
 from durablemap._store import op_key, path_str
 from durablemap._worker import MapSpec
@@ -45,10 +56,9 @@ if TYPE_CHECKING:
 __all__ = ["run_map", "run_parallel"]
 
 T = TypeVar("T")
-SUMMARY_LIMIT = 256 * 1024
-# A BatchResult of this many items serializes to more than SUMMARY_LIMIT with the default serdes
+# A BatchResult of this many items serializes to more than CHECKPOINT_SIZE_LIMIT_BYTES with the default serdes
 # (each item's dict alone takes over 30 bytes), so it is not serialized just to find that out.
-_SURELY_LARGE = SUMMARY_LIMIT // 30 + 1
+_SURELY_LARGE = CHECKPOINT_SIZE_LIMIT_BYTES // 30 + 1
 
 
 class _CallbackFailed(Exception):
@@ -61,7 +71,7 @@ def run_map(ctx: DurableContext, inputs: Sequence[Any], func: Callable[..., T], 
     config = config or MapConfig()
     _validate(inputs, func, "context.map()", "func")
     config.completion_config._validate_for_total(len(inputs))
-    return _run_batch(ctx, inputs, func, name or operation_name(func), config, "Map", "MapIteration",
+    return _run_batch(ctx, inputs, func, name or operation_name(func), config, SubType.MAP, SubType.MAP_ITERATION,
                       config.item_namer)
 
 
@@ -76,7 +86,7 @@ def run_parallel(ctx: DurableContext, functions: Sequence[Any], name: str | None
             raise ValidationError(f"context.parallel(): functions[{index}] is not callable "
                                   f"({type(function).__name__}); pass functions taking a DurableContext.")
     config.completion_config._validate_for_total(len(functions))
-    return _run_batch(ctx, list(functions), _call_branch, name, config, "Parallel", "ParallelBranch",
+    return _run_batch(ctx, list(functions), _call_branch, name, config, SubType.PARALLEL, SubType.PARALLEL_BRANCH,
                       _branch_name)
 
 
@@ -131,14 +141,10 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
              sub_type: str, item_sub_type: str,
              namer: Callable[[Any, int], str | None] | None) -> BatchResult[Any]:
     state = ctx.state
-    store = state.store()
     key = op_key(state.execution_id, path)
     op_id = path_str(path)
     flat = config.nesting_type == NestingType.FLAT
-
-    def put(status: str, payload: Any = None, error: dict[str, Any] | None = None,
-            meta: dict[str, Any] | None = None) -> None:
-        store.put(key, encode_record(Record(Kind.CONTEXT, status, name, sub_type, payload, error, meta)))
+    put = RecordWriter(state.store(), key, Kind.CONTEXT, name, sub_type).put
 
     def fail(exc: BaseException) -> ChildContextError:
         error = ErrorObject.from_exception(exc)
@@ -202,7 +208,7 @@ def _record_result(result: BatchResult[Any], meta: dict[str, Any], config: MapCo
         except SerDesError as exc:
             put(Status.FAILED, error=ErrorObject.from_exception(exc).to_dict(), meta=meta)
             raise
-    if payload is None or (len(payload) > SUMMARY_LIMIT and not flat):
+    if payload is None or (len(payload) > CHECKPOINT_SIZE_LIMIT_BYTES and not flat):
         # Too large for one record: keep a summary; a replay rebuilds the items from their records.
         try:
             if config.summary_generator is not None:
@@ -230,12 +236,12 @@ def _read_prior(state: Any, path: tuple[int, ...], inputs: Sequence[Any], item_s
     op_id = path_str(path)
     n = len(inputs)
     changed: list[int] = []
-    for index, fields, outcome in _item_records(state, path, item_serdes):
+    for index, record, outcome in _item_records(state, path, item_serdes):
         if index >= n:
             continue  # the inputs shrank: items past the end are not part of this run
-        status, meta = fields[1], fields[6]
-        check_identity(Record(*fields[:7]), (*path, index), Kind.CONTEXT, sub_type,
-                       names[index] if names is not None else fields[2])
+        status, meta = record.status, record.meta
+        check_identity(record, (*path, index), Kind.CONTEXT, sub_type,
+                       names[index] if names is not None else record.name)
         recorded_fp = meta.get("fp") if meta else None
         if status in _DONE and recorded_fp is not None and recorded_fp != fingerprint(inputs[index]):
             changed.append(index)
@@ -254,13 +260,13 @@ _DONE = frozenset((Status.SUCCEEDED, Status.FAILED))
 
 
 def _item_records(state: Any, path: tuple[int, ...], item_serdes: Any,
-                  ) -> Iterator[tuple[int, list[Any], tuple[BatchItemStatus, Any, ErrorObject | None] | None]]:
-    """Each item record of a map in index order: ``(index, fields, outcome)``, the seven fields
-    and ``item_outcome`` of the record."""
+                  ) -> Iterator[tuple[int, Record, tuple[BatchItemStatus, Any, ErrorObject | None] | None]]:
+    """Each item record of a map in index order: ``(index, record, outcome)``, the record and
+    ``item_outcome`` of it."""
     op_id = path_str(path)
     for index, fields in _raw_item_records(state, path):
         outcome = item_outcome(fields, item_serdes, index, op_id, state.execution_id)
-        yield index, compact_fields(fields) if len(fields) == 3 else fields, outcome
+        yield index, as_record(fields), outcome
 
 
 def _raw_item_records(state: Any, path: tuple[int, ...]) -> Iterator[tuple[int, list[Any]]]:
@@ -319,19 +325,14 @@ def _replay(state: Any, path: tuple[int, ...], record: Record,
                                                      state.execution_id)
         return result
     started = set(record.get("started") or ())
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # a million new records and items would otherwise trigger full collections over them all
-    try:
+    with paused():  # a million new records and items would otherwise set off full collections over them
         indexes, records = _item_record_columns(state, path)
-        if not started and countOf(map(len, records), 3) == len(records):
+        if not started and all_compact(records):
             # Every record compact (SUCCEEDED, default serdes): build the items without a Python loop.
             items = BatchItem.from_rows(zip(indexes, repeat(BatchItemStatus.SUCCEEDED),
-                                            map(itemgetter(2), records), repeat(None)))
+                                            compact_values(records), repeat(None)))
         else:
             items = BatchItem.from_rows(_replay_rows(state, path, indexes, records, started, config))
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     if started:
         items.extend(BatchItem(index, BatchItemStatus.STARTED) for index in started)
         items.sort(key=lambda item: item.index)

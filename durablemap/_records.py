@@ -5,8 +5,8 @@ A record is a msgpack array ``[kind, status, name, sub_type, payload, error, met
 - ``kind``: one of :class:`Kind` (``"EXECUTION"``, ``"CONTEXT"``, ``"STEP"``, ``"WAIT"``).
 - ``status``: one of :class:`Status`.
 - ``name``: the operation's name, or None.
-- ``sub_type``: ``"Map"``, ``"MapIteration"``, ``"Parallel"``, ``"ParallelBranch"``, ``"Step"``,
-  ``"Wait"``, ``"RunInChildContext"`` or ``"Execution"``.
+- ``sub_type``: one of :class:`SubType` (``"Map"``, ``"MapIteration"``, ``"Parallel"``,
+  ``"ParallelBranch"``, ``"Step"``, ``"Wait"``, ``"RunInChildContext"`` or ``"Execution"``).
 - ``payload``: what the operation's serdes wrote (``bytes`` or ``str``), byte for byte, or None.
 - ``error``: an ``ErrorObject.to_dict()``, or None.
 - ``meta``: a small dict of operation-specific facts (attempt, deadline, counts, ...), or None.
@@ -20,24 +20,41 @@ makes replaying a million items fast. ``decode_record`` expands such a record to
 (its ``payload`` being the same msgpack bytes), so other readers need not care.
 
 Records never hold pickles: decoding one runs no user code.
+
+This module is the one owner of the record format: the record fields (read them by name, through
+:class:`Record` or the helpers below, never by position elsewhere), the item-key layout (re-exported
+from ``_store._keys``, which the store itself needs), :data:`FORMAT_VERSION`, the sub-types, and the
+size above which an operation's result is not kept in its record.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Iterator
 from enum import StrEnum
-from typing import Any, NamedTuple
+from operator import countOf, itemgetter
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgpack
 
 from durablemap._batch import BatchItemStatus
 from durablemap._errors import ErrorObject, SerDesError, StoreError
+from durablemap._store._keys import FORMAT_VERSION, item_index, item_key, item_keys, op_key, path_of
 from durablemap.serdes import DEFAULT_SERDES, SerDesContext, deserialize_value, unpack_default
 
+if TYPE_CHECKING:
+    from durablemap._store._interface import RecordStore
+
 __all__ = [
-    "Kind", "Record", "Status", "compact_fields", "decode_item_outcome", "decode_raw", "decode_record",
-    "encode_inline_item", "encode_record", "item_outcome", "record_head",
+    "BATCH_SUB_TYPES", "CHECKPOINT_SIZE_LIMIT_BYTES", "FORMAT_VERSION", "ITEM_SUB_TYPES", "Kind", "Record",
+    "RecordWriter", "Status", "SubType", "all_compact", "as_record", "compact_fields", "compact_values",
+    "decode_item_outcome", "decode_raw", "decode_record", "encode_inline_item", "encode_record", "is_compact",
+    "item_index", "item_key", "item_keys", "item_outcome", "op_key", "path_of", "record_head",
 ]
+
+#: An operation's result larger than this (serialized) is not kept in its record: a replay rebuilds
+#: it (a map from its items' records, a child context by running its block again).
+CHECKPOINT_SIZE_LIMIT_BYTES = 256 * 1024
 
 
 class OperationType(StrEnum):
@@ -58,8 +75,26 @@ class OperationStatus(StrEnum):
     FAILED = "FAILED"
 
 
+class OperationSubType(StrEnum):
+    """What a recorded operation is, more precisely than its type (public as
+    ``durablemap.lambda_service.OperationSubType``)."""
+
+    EXECUTION = "Execution"
+    MAP = "Map"
+    MAP_ITERATION = "MapIteration"
+    PARALLEL = "Parallel"
+    PARALLEL_BRANCH = "ParallelBranch"
+    STEP = "Step"
+    WAIT = "Wait"
+    RUN_IN_CHILD_CONTEXT = "RunInChildContext"
+
+
 Kind = OperationType
 Status = OperationStatus
+SubType = OperationSubType
+#: The sub-types of a batch operation, and of its items.
+BATCH_SUB_TYPES = frozenset((SubType.MAP, SubType.PARALLEL))
+ITEM_SUB_TYPES = frozenset((SubType.MAP_ITERATION, SubType.PARALLEL_BRANCH))
 
 
 class Record(NamedTuple):
@@ -95,7 +130,7 @@ def encode_record(record: Record) -> bytes:
 
 
 _ARRAY3 = b"\x93"
-_COMPACT_SUB_TYPES = {1: "MapIteration", 2: "ParallelBranch"}
+_COMPACT_SUB_TYPES = {1: SubType.MAP_ITERATION.value, 2: SubType.PARALLEL_BRANCH.value}
 _COMPACT_CODES = {sub_type: code for code, sub_type in _COMPACT_SUB_TYPES.items()}
 
 
@@ -129,6 +164,49 @@ def compact_fields(fields: list[Any]) -> list[Any]:
         meta = {"fp": meta}
     return [Kind.CONTEXT.value, Status.SUCCEEDED.value, None, _COMPACT_SUB_TYPES[code],
             DEFAULT_SERDES.serialize(value, _CONTEXT), None, meta]
+
+
+def is_compact(fields: list[Any]) -> bool:
+    """Whether ``fields`` (as ``decode_raw`` gave them) are a compact SUCCEEDED item record."""
+    return len(fields) == 3
+
+
+def all_compact(records: list[list[Any]]) -> bool:
+    """Whether every one of ``records`` (fields as ``decode_raw`` gave them) is compact."""
+    return countOf(map(len, records), 3) == len(records)
+
+
+def compact_values(records: Iterable[list[Any]]) -> Iterator[Any]:
+    """The results held by compact item records (``all_compact``), already decoded, in order."""
+    return map(_third, records)
+
+
+_third = itemgetter(2)
+
+
+def as_record(fields: list[Any]) -> Record:
+    """The :class:`Record` of ``fields`` as ``decode_raw`` gave them (compact or not)."""
+    return Record(*(compact_fields(fields) if len(fields) == 3 else fields))
+
+
+class RecordWriter:
+    """Writes the records of one operation: its key, kind, name and sub-type fixed, so each
+    operation module states only what changes between its records (status, payload, error, meta)."""
+
+    __slots__ = ("key", "kind", "name", "store", "sub_type")
+
+    def __init__(self, store: RecordStore, key: bytes, kind: str, name: str | None, sub_type: str) -> None:
+        self.store, self.key, self.kind, self.name, self.sub_type = store, key, kind, name, sub_type
+
+    def record(self, status: str, payload: bytes | str | None = None, error: dict[str, Any] | None = None,
+               meta: dict[str, Any] | None = None) -> bytes:
+        """The encoded record of this operation with these fields."""
+        return encode_record(Record(self.kind, status, self.name, self.sub_type, payload, error, meta))
+
+    def put(self, status: str, payload: bytes | str | None = None, error: dict[str, Any] | None = None,
+            meta: dict[str, Any] | None = None) -> None:
+        """Write this operation's record, durably."""
+        self.store.put(self.key, self.record(status, payload, error, meta))
 
 
 def decode_raw(data: bytes) -> list[Any]:

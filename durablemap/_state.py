@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from durablemap._clock import Clock
 from durablemap._store import Store
+from durablemap._store._interface import RecordStore
 
 if TYPE_CHECKING:
     from durablemap._observe import Observers
@@ -34,7 +35,7 @@ class ExecutionState:
     observers: Observers | None = field(default=None, compare=False)
     settings: dict[str, Any] = field(default_factory=dict)
 
-    def store(self) -> Store:
+    def store(self) -> RecordStore:
         """This process's handle on the store."""
         return Store.for_process(self.store_path)
 

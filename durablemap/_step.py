@@ -15,7 +15,7 @@ from durablemap._errors import (
     StepError,
     StepInterruptedError,
 )
-from durablemap._records import Kind, Record, Status, encode_record
+from durablemap._records import Kind, Record, RecordWriter, Status, SubType
 from durablemap._store import op_key, path_str
 from durablemap.config import StepConfig, StepSemantics
 from durablemap.retries import RetryPresets
@@ -67,7 +67,7 @@ def run_step(ctx: DurableContext, func: Callable[[StepContext], T], name: str | 
     config = config or StepConfig()
     name = name or operation_name(func)
     path = ctx.next_path()
-    record = ctx.lookup(path, Kind.STEP, "Step", name)
+    record = ctx.lookup(path, Kind.STEP, SubType.STEP, name)
     state = ctx.state
     op_id = path_str(path)
     if record is not None and record.finished:
@@ -89,8 +89,6 @@ def _raise_recorded(record: Record) -> None:
 def _run_attempts(ctx: DurableContext, func: Callable[[StepContext], T], name: str | None,
                   config: StepConfig, path: tuple[int, ...], record: Record | None) -> T:
     state = ctx.state
-    store = state.store()
-    key = op_key(state.execution_id, path)
     op_id = path_str(path)
     strategy = config.retry_strategy or RetryPresets.default()
     at_most_once = config.step_semantics == StepSemantics.AT_MOST_ONCE_PER_RETRY
@@ -103,8 +101,10 @@ def _run_attempts(ctx: DurableContext, func: Callable[[StepContext], T], name: s
             f"Step '{name or op_id}' (attempt {attempt}) was interrupted before it recorded a result; "
             "under AT_MOST_ONCE_PER_RETRY it is not run again for that attempt.", step_id=op_id)
 
+    writer = RecordWriter(state.store(), op_key(state.execution_id, path), Kind.STEP, name, SubType.STEP)
+
     def put(status: str, payload: Any = None, error: dict[str, Any] | None = None, **meta: Any) -> None:
-        store.put(key, encode_record(Record(Kind.STEP, status, name, "Step", payload, error, meta or None)))
+        writer.put(status, payload, error, meta or None)
 
     while True:
         if pending_error is None:

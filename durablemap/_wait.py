@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from durablemap._errors import ValidationError
-from durablemap._records import Kind, Record, Status, encode_record
+from durablemap._records import Kind, RecordWriter, Status, SubType
 from durablemap._store import op_key
 from durablemap.config import Duration
 
@@ -34,18 +34,15 @@ def run_wait(ctx: DurableContext, duration: Duration | float, name: str | None) 
     """Wait until the recorded deadline (set on the first run), then record the wait as done."""
     seconds = _seconds(duration)
     path = ctx.next_path()
-    record = ctx.lookup(path, Kind.WAIT, "Wait", name)
+    record = ctx.lookup(path, Kind.WAIT, SubType.WAIT, name)
     if record is not None and record.status == Status.SUCCEEDED:
         return
     state = ctx.state
-    store = state.store()
-    key = op_key(state.execution_id, path)
+    writer = RecordWriter(state.store(), op_key(state.execution_id, path), Kind.WAIT, name, SubType.WAIT)
     if record is not None and record.status == Status.STARTED:
         deadline = float(record.get("deadline", 0.0))
     else:
         deadline = state.clock.time() + seconds
-        store.put(key, encode_record(Record(Kind.WAIT, Status.STARTED, name, "Wait", None, None,
-                                            {"deadline": deadline, "seconds": seconds})))
+        writer.put(Status.STARTED, meta={"deadline": deadline, "seconds": seconds})
     state.clock.sleep(deadline - state.clock.time())
-    store.put(key, encode_record(Record(Kind.WAIT, Status.SUCCEEDED, name, "Wait", None, None,
-                                        {"deadline": deadline, "seconds": seconds})))
+    writer.put(Status.SUCCEEDED, meta={"deadline": deadline, "seconds": seconds})

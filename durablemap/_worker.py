@@ -11,10 +11,8 @@ item (steps, waits, child contexts, nested maps) write their own records to the 
 from __future__ import annotations
 
 import faulthandler
-import gc
 import os
 import signal
-import struct
 import sys
 import threading
 import time
@@ -38,8 +36,9 @@ from durablemap._errors import (
     error_type_name,
 )
 from durablemap._fingerprint import fingerprint
+from durablemap._gc import paused
 from durablemap._memory import init_item_memory, note_peak
-from durablemap._records import Kind, Record, Status, encode_inline_item, encode_record, record_head
+from durablemap._records import Kind, Record, Status, encode_inline_item, encode_record, item_keys, record_head
 from durablemap._slots import SlotWriter
 from durablemap._state import ExecutionState
 from durablemap._store import path_str
@@ -145,28 +144,24 @@ def run_chunk(spec: MapSpec, indexes: Sequence[int]) -> ChunkResult:
     result = ChunkResult(spec.token, indexes, [], [], {}, 0.0)
     # The cyclic collector would scan the growing result lists again and again on a chunk of tiny
     # items; it runs once the chunk is done instead.
-    collecting = gc.isenabled()
-    gc.disable()
     try:
-        plain = spec.item_serdes is None and spec.names is None and not spec.timeout_in_worker
-        run = _run_plain_items if plain else _run_any_items
-        result.fatal = run(spec, indexes, result, slot)
-        if slot is not None:
-            slot.end()
-        if result.fatal is not None:
-            result.indexes = indexes[:len(result.records)]
-        result.elapsed = time.perf_counter() - start
-        if spec.commit_in_worker and result.records:
-            # Records committed here, durably, before the results go back: the coordinator then only
-            # counts them, and the fsync waits in this worker instead of in the coordinator.
-            keys = list(map(spec.key_prefix.__add__, map(_BIG_ENDIAN_4, result.indexes)))
-            spec.state.store().put_columns(keys, result.records)
-            result.records, result.committed = [], True
-        return result
+        with paused():
+            plain = spec.item_serdes is None and spec.names is None and not spec.timeout_in_worker
+            run = _run_plain_items if plain else _run_any_items
+            result.fatal = run(spec, indexes, result, slot)
+            if slot is not None:
+                slot.end()
+            if result.fatal is not None:
+                result.indexes = indexes[:len(result.records)]
+            result.elapsed = time.perf_counter() - start
+            if spec.commit_in_worker and result.records:
+                # Records committed here, durably, before the results go back: the coordinator then
+                # only counts them, and the fsync waits in this worker instead of in the coordinator.
+                spec.state.store().put_columns(item_keys(spec.key_prefix, result.indexes), result.records)
+                result.records, result.committed = [], True
+            return result
     finally:
         _depth -= 1
-        if collecting:
-            gc.enable()
 
 
 def _fatal(exc: BaseException, index: int) -> dict[str, Any]:
@@ -243,7 +238,6 @@ def _run_plain_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
 
 
 _plain_pack = msgpack.Packer(use_bin_type=True).pack
-_BIG_ENDIAN_4 = struct.Struct(">I").pack  # an item's key is its map's key and this of its index
 # Values the default serdes gives back unchanged, type included: no need to decode what was encoded.
 _SELF_DECODING = frozenset((int, float, str, bool, type(None)))
 

@@ -231,6 +231,50 @@ def test_steps_inside_items_are_committed_and_replay_on_retry(tmp_path: Path, ex
     assert sorted(fetched) == list(range(6))  # item 3's first step replayed from the store on the worker
 
 
+def nested_retry_handler(directory: str) -> Any:
+    """An outer map whose items each run a nested map of 3 items; nested item 1 raises while the
+    marker file exists, and the outer item raises the nested map's failure (throw_if_error)."""
+
+    def inner(context: DurableContext, item: int, index: int, items: list[int]) -> int:
+        if index == 1 and (Path(directory) / "marker").exists():
+            raise ValueError("marker present")
+        return item * 10
+
+    def outer(context: DurableContext, item: int, index: int, items: list[int]) -> int:
+        nested = context.map([item, item + 1, item + 2], inner, name="inner")
+        nested.throw_if_error()
+        return sum(nested.get_results())
+
+    @durable_execution
+    def handler(event: Any, context: DurableContext) -> Any:
+        return context.map([0, 10, 20], outer, name="outer").to_dict()
+
+    return handler
+
+
+def run_nested_retry(tmp_path: Path, **run: Any) -> None:
+    """Issue 13's defect: retry_failed=True re-runs an item whose nested map recorded a failure,
+    and once the cause is gone it SUCCEEDS (the journal of a remote worker holds what replay reads)."""
+    (tmp_path / "marker").touch()
+    handler = nested_retry_handler(str(tmp_path))
+    store = tmp_path / "store"
+    first = handler.run(None, store=store, execution_id="nested", progress=False, **run)
+    assert [e["status"] for e in first["all"]] == ["FAILED"] * 3
+    assert all("marker present" in e["error"]["ErrorMessage"] for e in first["all"])
+    (tmp_path / "marker").unlink()
+    second = handler.run(None, store=store, execution_id="nested", retry_failed=True, progress=False, **run)
+    assert [e["status"] for e in second["all"]] == ["SUCCEEDED"] * 3
+    assert [e["result"] for e in second["all"]] == [sum(10 * (x + k) for k in range(3)) for x in (0, 10, 20)]
+
+
+def test_retry_failed_reruns_an_item_whose_nested_map_failed(tmp_path: Path, executor: DaskExecutor) -> None:
+    run_nested_retry(tmp_path, executor=executor)
+
+
+def test_retry_failed_reruns_an_item_whose_nested_map_failed_on_loky(tmp_path: Path) -> None:
+    run_nested_retry(tmp_path, workers=2)
+
+
 # -- the map's contract on Dask ---------------------------------------------------------------------
 
 def test_unpicklable_inputs_raise_validation_error(tmp_path: Path, executor: DaskExecutor) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from durablemap._errors import StoreError
 from durablemap._records import decode_record
 from durablemap._store import Store, decode_key, op_key
 
@@ -202,7 +203,12 @@ def crash_count(store_path: Path) -> int:
     """The crash count recorded for item 0 of the poison job's map (0 when none yet)."""
     if not (store_path / "data.mdb").exists():
         return 0
-    store = Store.open(store_path, readonly=True)
+    try:
+        store = Store.open(store_path, readonly=True)
+    except StoreError as exc:
+        if "not a complete durablemap store" in str(exc):
+            return 0  # the job is creating it: data.mdb exists a moment before its meta record
+        raise
     try:
         raw = store.get(op_key("poison", (1, 0)))
         return int(decode_record(raw).get("crashes", 0)) if raw else 0

@@ -25,9 +25,10 @@ from typing import Any, cast
 
 from durablemap._errors import ExecutionLockedError, StoreError
 from durablemap._store import _locks
-from durablemap._store._env import DEFAULT_MAP_SIZE, FORMAT_VERSION, SharedEnv, acquire_env, release_env
+from durablemap._store._env import DEFAULT_MAP_SIZE, SharedEnv, acquire_env, release_env
 from durablemap._store._keys import (
     COMPONENT_SIZE,
+    FORMAT_VERSION,
     MAX_COMPONENT,
     decode_key,
     execution_prefix,

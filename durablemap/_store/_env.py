@@ -35,14 +35,13 @@ from typing import Any, TypeVar
 import lmdb
 
 from durablemap._errors import StoreError
-from durablemap._store._keys import MAX_KEY_SIZE
+from durablemap._store._keys import FORMAT_VERSION, MAX_KEY_SIZE
 
 __all__ = ["DEFAULT_MAP_SIZE", "FORMAT_VERSION", "MAGIC", "SharedEnv", "acquire_env", "check_directory"]
 
 T = TypeVar("T")
 
 DEFAULT_MAP_SIZE = 64 << 30  # address space only: the file grows with the data, not with this
-FORMAT_VERSION = 1
 MAGIC = b"durablemap-store"
 _DB_NAMES = (b"meta", b"records", b"locks", b"index")
 _LMDB_FILES = ("data.mdb", "lock.mdb")

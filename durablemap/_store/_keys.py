@@ -13,22 +13,50 @@ Why this layout:
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterable
+
 from durablemap._errors import StoreError
 
 __all__ = [
     "COMPONENT_SIZE",
+    "FORMAT_VERSION",
     "MAX_COMPONENT",
     "MAX_KEY_SIZE",
     "decode_key",
     "execution_prefix",
+    "item_index",
+    "item_key",
+    "item_keys",
     "op_key",
     "parse_path",
+    "path_of",
     "path_str",
 ]
 
 COMPONENT_SIZE = 4
 MAX_COMPONENT = 2**32 - 1
 MAX_KEY_SIZE = 511  # LMDB's compiled-in limit (mdb_env_get_maxkeysize)
+#: The version of the key layout and record format a store holds (its meta ``b"format"`` entry);
+#: raise it when either changes in a way an older durablemap cannot read.
+FORMAT_VERSION = 1
+_component = struct.Struct(">I").pack
+
+
+def item_key(map_key: bytes, index: int) -> bytes:
+    """The record key of item ``index`` of the map (or parallel) whose record key is ``map_key``."""
+    return map_key + _component(index)
+
+
+def item_keys(map_key: bytes, indexes: Iterable[int]) -> list[bytes]:
+    """:func:`item_key` of each of ``indexes``, in order (the hot path of committing a chunk)."""
+    return list(map(map_key.__add__, map(_component, indexes)))
+
+
+def item_index(map_key: bytes, key: bytes) -> int:
+    """The index of the item of map ``map_key`` that ``key`` is, or lies under."""
+    start = len(map_key)
+    return int.from_bytes(key[start:start + COMPONENT_SIZE], "big")
 
 
 def execution_prefix(execution_id: str) -> bytes:
@@ -72,10 +100,13 @@ def decode_key(key: bytes) -> tuple[str, tuple[int, ...]]:
         raise StoreError(
             f"record key {key[:64]!r} has an execution id that is not UTF-8; the store may be corrupt"
         ) from exc
-    path = tuple(
-        int.from_bytes(rest[i : i + COMPONENT_SIZE], "big") for i in range(0, len(rest), COMPONENT_SIZE)
-    )
-    return execution_id, path
+    return execution_id, path_of(rest, 0)
+
+
+def path_of(key: bytes, skip: int) -> tuple[int, ...]:
+    """The path of record key ``key`` whose execution prefix is ``skip`` bytes long."""
+    rest = key[skip:]
+    return tuple(int.from_bytes(rest[i:i + COMPONENT_SIZE], "big") for i in range(0, len(rest), COMPONENT_SIZE))
 
 
 def path_str(path: tuple[int, ...]) -> str:

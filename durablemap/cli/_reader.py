@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 
 from durablemap._errors import StoreError
-from durablemap._records import Record, Status, decode_record
+from durablemap._records import BATCH_SUB_TYPES, ITEM_SUB_TYPES, Record, Status, SubType, decode_record, path_of
 from durablemap._store import Store, execution_prefix, op_key, path_str
 from durablemap.serdes import deserialize_value
 
@@ -35,8 +35,8 @@ __all__ = [
     "operation_tree",
 ]
 
-BATCH_TYPES = frozenset(("Map", "Parallel"))
-ITEM_TYPES = frozenset(("MapIteration", "ParallelBranch"))
+BATCH_TYPES = BATCH_SUB_TYPES
+ITEM_TYPES = ITEM_SUB_TYPES
 
 
 class CliError(Exception):
@@ -167,7 +167,7 @@ def item_counts(store: Store, execution_id: str, path: tuple[int, ...]) -> tuple
     for child, record in list(_children(store, execution_id, path)):
         if record.sub_type in BATCH_TYPES:
             d, f, t = _batch_counts(store, execution_id, child, record)
-        elif record.sub_type == "RunInChildContext":
+        elif record.sub_type == SubType.RUN_IN_CHILD_CONTEXT:
             d, f, t = item_counts(store, execution_id, child)
         else:
             continue
@@ -254,18 +254,13 @@ def iter_failures(store: Store, execution_id: str) -> Iterator[Failure]:
     names: dict[tuple[int, ...], str | None] = {}
     prefix = execution_prefix(execution_id)
     for key, raw in store.scan(prefix):
-        path = _path_of(key, len(prefix))
+        path = path_of(key, len(prefix))
         record = decode_record(raw, f"operation {path_str(path)!r} of {execution_id!r}")
         if record.sub_type in BATCH_TYPES:
             names[path] = record.name
         elif record.sub_type in ITEM_TYPES and record.status == Status.FAILED:
             parent = path[:-1]
             yield Failure(path_str(parent), names.get(parent), path[-1], record.name, record.error or {})
-
-
-def _path_of(key: bytes, skip: int) -> tuple[int, ...]:
-    rest = key[skip:]
-    return tuple(int.from_bytes(rest[i:i + 4], "big") for i in range(0, len(rest), 4))
 
 
 def find_maps(store: Store, execution_id: str, name: str) -> list[tuple[tuple[int, ...], Record]]:
@@ -276,7 +271,7 @@ def find_maps(store: Store, execution_id: str, name: str) -> list[tuple[tuple[in
         for child, record in list(_children(store, execution_id, pending.pop())):
             if record.sub_type in BATCH_TYPES and name in (record.name, path_str(child)):
                 found.append((child, record))
-            elif record.sub_type == "RunInChildContext":
+            elif record.sub_type == SubType.RUN_IN_CHILD_CONTEXT:
                 pending.append(child)
     return sorted(found)
 

@@ -28,118 +28,23 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future
-from dataclasses import dataclass, fields
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any
 
-import cloudpickle
 from distributed import Client, KilledWorker
 
-from durablemap._errors import StoreError, ValidationError
-from durablemap._records import Status, decode_record
-from durablemap._state import ExecutionState
-from durablemap._store import Store, op_key
-from durablemap._store._keys import COMPONENT_SIZE
-from durablemap._worker import ChunkResult, MapSpec, run_chunk
-from durablemap.executors._loky import describe_unpicklable
+from durablemap._errors import ValidationError
+from durablemap._worker import ChunkResult, MapSpec
+from durablemap.executors._journal import RemoteMap, remote_payload, run_remote_chunk
 
 __all__ = ["DaskExecutor"]
 
-#: Journal operations: ("put", key, value) or ("delete", prefix, b"").
-Op = tuple[str, bytes, bytes]
-
-_local = threading.local()
-
-
-class _Journal:
-    """A worker-side stand-in for the store during one chunk: reads see the records the
-    coordinator sent plus this chunk's own writes; writes are kept, in order, to travel back."""
-
-    def __init__(self, records: Iterable[tuple[bytes, bytes]]) -> None:
-        self.records = dict(records)
-        self.ops: list[Op] = []
-
-    def get(self, key: bytes) -> bytes | None:
-        return self.records.get(key)
-
-    def put(self, key: bytes, value: bytes) -> None:
-        self.records[key] = value
-        self.ops.append(("put", key, value))
-
-    def put_many(self, pairs: Iterable[tuple[bytes, bytes]]) -> None:
-        for key, value in pairs:
-            self.put(key, value)
-
-    def delete_prefix(self, prefix: bytes) -> int:
-        doomed = [key for key in self.records if key.startswith(prefix)]
-        for key in doomed:
-            del self.records[key]
-        self.ops.append(("delete", prefix, b""))
-        return len(doomed)
-
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        for key in sorted(k for k in self.records if k.startswith(prefix)):
-            yield key, self.records[key]
-
-    def scan_children(self, prefix_key: bytes) -> Iterator[tuple[int, bytes, bytes]]:
-        child_len = len(prefix_key) + COMPONENT_SIZE
-        for key, value in self.scan(prefix_key):
-            if len(key) == child_len:
-                yield int.from_bytes(key[len(prefix_key):], "big"), key, value
-
-
-class RemoteState(ExecutionState):
-    """The execution state of items running on a Dask worker: operations inside them record into
-    the chunk's journal, which travels back to the coordinator, instead of opening the store."""
-
-    def store(self) -> Store:
-        """The journal of the chunk running on this thread."""
-        journal = getattr(_local, "journal", None)
-        if journal is None:
-            raise StoreError("A durable operation ran on a Dask worker outside a map item's chunk; "
-                             "operations inside items record through their chunk's journal only.")
-        return cast(Store, journal)
-
-
-def run_remote_chunk(token: int, payload: bytes, indexes: Sequence[int],
-                     prior: list[tuple[bytes, bytes]]) -> tuple[ChunkResult, list[Op]]:
-    """The Dask task: run a chunk of items against a journal seeded with ``prior`` records; return
-    the items' results and the journal's writes. ``payload`` is the cloudpickled spec, unpickled
-    once per worker process."""
-    journal = _Journal(prior)
-    _local.journal = journal
-    try:
-        result = run_chunk(_load_spec(token, payload), indexes)
-    finally:
-        _local.journal = None
-    return result, journal.ops
-
-
-_specs: OrderedDict[int, MapSpec] = OrderedDict()
-_specs_lock = threading.Lock()
-_SPEC_CACHE = 4
-
-
-def _load_spec(token: int, payload: bytes) -> MapSpec:
-    # The same cloudpickle as loky's spec file, so whatever runs on loky ships the same way here.
-    with _specs_lock:
-        spec = _specs.get(token)
-        if spec is None:
-            spec = cast(MapSpec, cloudpickle.loads(payload))
-            _specs[token] = spec
-            while len(_specs) > _SPEC_CACHE:
-                _specs.popitem(last=False)
-        return spec
-
-
 @dataclass(eq=False)  # hashed by identity: the executor keeps a set of them
 class _Published:
-    spec: MapSpec
+    remote_map: RemoteMap
     remote: Any  # the scattered spec's Dask future
-    prefix: bytes  # the map's record key
-    prior: dict[int, dict[bytes, bytes]]  # records under unfinished items, by index
     payload: bytes = b""  # the pickled spec, to scatter again if every copy on the cluster is lost
 
 
@@ -187,19 +92,11 @@ class DaskExecutor:
 
     def publish(self, spec: MapSpec) -> Any:
         """Ship the spec to every worker once; unpicklable parts raise ValidationError."""
-        state = spec.state
-        remote_spec = MapSpec(**{f.name: getattr(spec, f.name) for f in fields(MapSpec)})
-        remote_spec.state = RemoteState(**{f.name: getattr(state, f.name) for f in fields(ExecutionState)})
-        remote_spec.timeout_in_worker = True  # no slots here: items keep their own time on the worker
-        try:
-            payload = cloudpickle.dumps(remote_spec)
-        except Exception as exc:
-            raise ValidationError(describe_unpicklable(spec, exc)) from None
+        payload = remote_payload(spec)
         self.workers = self._count_threads()
-        prefix = op_key(state.execution_id, spec.path)
-        prior = _read_unfinished(Store.for_process(state.store_path), prefix, state.retry_failed)
+        remote_map = RemoteMap(spec)
         remote = self.client.scatter(payload, broadcast=True, hash=False)
-        ref = _Published(spec, remote, prefix, prior, payload)
+        ref = _Published(remote_map, remote, payload)
         self._published.add(ref)
         return ref
 
@@ -210,9 +107,9 @@ class DaskExecutor:
 
     def submit(self, ref: Any, indexes: Sequence[int]) -> Future[ChunkResult]:
         """Run the chunk as one Dask task; its future settles once its journal is committed."""
-        prior = [pair for index in indexes for pair in ref.prior.get(index, {}).items()]
-        remote = self.client.submit(run_remote_chunk, ref.spec.token, ref.remote, list(indexes), prior,
-                                    pure=False)
+        remote_map = ref.remote_map
+        remote = self.client.submit(run_remote_chunk, remote_map.spec.token, ref.remote, list(indexes),
+                                    remote_map.prior_of(indexes), pure=False)
         future: Future[ChunkResult] = Future()
         with self._lock:
             self._outstanding.add(remote)
@@ -229,7 +126,7 @@ class DaskExecutor:
             if remote.cancelled():
                 raise CancelledError(f"Dask task {remote.key} was cancelled")
             result, ops = remote.result()
-            _commit(Store.for_process(ref.spec.state.store_path), ops, ref, result)
+            ref.remote_map.commit(ops, result)
         except BaseException as exc:
             if future.set_running_or_notify_cancel():
                 future.set_exception(exc)
@@ -267,53 +164,3 @@ class DaskExecutor:
         if cluster is None or type(cluster).__name__ != "LocalCluster":
             return []
         return sorted(self.client.run(os.getpid).values())
-
-
-def _read_unfinished(store: Store, prefix: bytes, retry_failed: bool) -> dict[int, dict[bytes, bytes]]:
-    """The records under items that will run again (steps, waits... of an interrupted earlier run),
-    by item index; items already finished are skipped, so this is empty for a fresh map."""
-    item_len = len(prefix) + COMPONENT_SIZE
-    prior: dict[int, dict[bytes, bytes]] = {}
-    skip = -1
-    for key, value in store.scan(prefix):
-        if len(key) < item_len:
-            continue
-        index = int.from_bytes(key[len(prefix):item_len], "big")
-        if len(key) == item_len:
-            status = decode_record(value).status
-            finished = status == Status.SUCCEEDED or (status == Status.FAILED and not retry_failed)
-            skip = index if finished else -1
-        elif index != skip:
-            prior.setdefault(index, {})[key] = value
-    return prior
-
-
-def _commit(store: Store, ops: list[Op], ref: _Published, result: ChunkResult) -> None:
-    """Apply a chunk's journal to the store; keep what it wrote under items that did not finish
-    (they may run again in this map)."""
-    puts: list[tuple[bytes, bytes]] = []
-    for kind, key, value in ops:
-        if kind == "delete":
-            if puts:
-                store.put_many(puts)
-                puts = []
-            store.delete_prefix(key)
-        else:
-            puts.append((key, value))
-    if puts:
-        store.put_many(puts)
-    finished = set(result.indexes)
-    item_len = len(ref.prefix) + COMPONENT_SIZE
-    for kind, key, value in ops:
-        if len(key) < item_len or not key.startswith(ref.prefix):
-            continue
-        index = int.from_bytes(key[len(ref.prefix):item_len], "big")
-        if index in finished:
-            ref.prior.pop(index, None)
-            continue
-        records = ref.prior.setdefault(index, {})
-        if kind == "delete":
-            for doomed in [k for k in records if k.startswith(key)]:
-                del records[doomed]
-        elif len(key) > item_len:
-            records[key] = value

@@ -278,7 +278,8 @@ def _reassembled(store_path: str) -> set[str]:
     store = Store.for_process(store_path)
     out = set()
     for key, raw in store.scan(execution_prefix(_EXECUTION_ID)):
-        if decode_record(raw).get("replay_children") and decode_record(raw).sub_type == "RunInChildContext":
+        record = decode_record(raw)
+        if record.get("replay_children") and record.sub_type == OperationSubType.RUN_IN_CHILD_CONTEXT:
             out.add(path_str(decode_key(key)[1]))
     return out
 

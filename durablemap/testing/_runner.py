@@ -30,6 +30,7 @@ from durablemap._execution import DurableFunction, default_execution_id, durable
 from durablemap._map import _replay as replay_batch
 from durablemap._records import Record, Status, decode_record
 from durablemap._store import Store, decode_key, op_key, path_str
+from durablemap._store._interface import MemoryRecords, RecordStore
 from durablemap.config import MapConfig
 from durablemap.lambda_service import OperationStatus, OperationSubType, OperationType
 from durablemap.serdes import deserialize_value
@@ -61,8 +62,9 @@ class OperationNotFoundError(LookupError):
     """``get_map``/``get_step``/... found no operation of that name and kind."""
 
 
-_DEFAULT_ITEM_NAMES = {"MapIteration": "map-item-{}", "ParallelBranch": "parallel-branch-{}"}
-_BATCH_SUB_TYPES = frozenset(("Map", "Parallel"))
+_DEFAULT_ITEM_NAMES: dict[str, str] = {OperationSubType.MAP_ITERATION: "map-item-{}",
+                       OperationSubType.PARALLEL_BRANCH: "parallel-branch-{}"}
+_BATCH_SUB_TYPES = frozenset((OperationSubType.MAP, OperationSubType.PARALLEL))
 
 
 class _Snapshot:
@@ -73,6 +75,7 @@ class _Snapshot:
         self.execution_id = execution_id
         self.records = records
         self.raw = raw
+        self._memory: MemoryRecords | None = None
         self.children: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         for path in records:  # key order: children come out in index order
             if path:
@@ -88,20 +91,13 @@ class _Snapshot:
             raw[path] = value
         return cls(execution_id, records, raw)
 
-    # ``_map._replay`` reads a map's items through ``state.store().children_columns``: this snapshot
-    # plays both parts, so a summarised map is rebuilt exactly as a replay rebuilds it.
-    def store(self) -> _Snapshot:
-        return self
-
-    def children_columns(self, prefix_key: bytes) -> tuple[list[int], list[bytes]]:
-        _eid, parent = decode_key(prefix_key)
-        paths = self.children.get(parent, [])
-        return [p[-1] for p in paths], [self.raw[p] for p in paths]
-
-    def scan_children(self, prefix_key: bytes) -> Iterator[tuple[int, bytes, bytes]]:
-        _eid, parent = decode_key(prefix_key)
-        for path in self.children.get(parent, ()):
-            yield path[-1], op_key(self.execution_id, path), self.raw[path]
+    # ``_map._replay`` reads a map's items through ``state.store()``: this snapshot plays both
+    # parts, its records held in memory behind the one store interface, so a summarised map is
+    # rebuilt exactly as a replay rebuilds it.
+    def store(self) -> RecordStore:
+        if self._memory is None:
+            self._memory = MemoryRecords((op_key(self.execution_id, path), value) for path, value in self.raw.items())
+        return self._memory
 
 
 class _OperationSearch:

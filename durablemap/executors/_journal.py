@@ -1,0 +1,197 @@
+"""The journal of remote workers: how items run where the store is not (a Dask or Ray cluster).
+
+    coordinator (owns the store)                                 remote worker
+    ────────────────────────────                                 ─────────────
+    RemoteMap.open: read the records earlier runs left under
+      items that will run again (steps, waits, nested maps)
+    RemoteMap.prior_of(chunk) ── spec payload, indexes, prior ──> run_remote_chunk: items run on a
+                                                                   Journal seeded with the prior
+                                                                   records; operations inside items
+                                                                   read it and write to it
+    RemoteMap.commit: apply the journal's writes to the    <───── (ChunkResult, journal writes)
+      store, keep what unfinished items wrote for their re-run
+
+An executor for another cluster is then a thin adapter: ship ``remote_payload(spec)`` once, run
+``run_remote_chunk`` as a task per chunk with ``RemoteMap.prior_of(indexes)``, and call
+``RemoteMap.commit`` with what the task returns before settling the chunk's future.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import fields
+from typing import cast
+
+import cloudpickle
+
+from durablemap._errors import StoreError, ValidationError
+from durablemap._records import Status, decode_record, item_index, op_key
+from durablemap._state import ExecutionState
+from durablemap._store import Store
+from durablemap._store._interface import MemoryRecords, RecordStore
+from durablemap._store._keys import COMPONENT_SIZE
+from durablemap._worker import ChunkResult, MapSpec, run_chunk
+from durablemap.executors._loky import describe_unpicklable
+
+__all__ = ["Journal", "Op", "RemoteMap", "RemoteState", "remote_payload", "run_remote_chunk"]
+
+#: Journal operations: ("put", key, value) or ("delete", prefix, b"").
+Op = tuple[str, bytes, bytes]
+
+_local = threading.local()
+
+
+class Journal(MemoryRecords):
+    """A worker-side stand-in for the store during one chunk: reads see the records the
+    coordinator sent plus this chunk's own writes; writes are kept, in order, to travel back."""
+
+    def __init__(self, records: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        super().__init__(records)
+        self.ops: list[Op] = []
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Keep the record, and the write to send back."""
+        super().put(key, value)
+        self.ops.append(("put", key, value))
+
+    def delete_prefix(self, prefix: bytes) -> int:
+        """Forget the records, and send the deletion back."""
+        self.ops.append(("delete", prefix, b""))
+        return super().delete_prefix(prefix)
+
+
+class RemoteState(ExecutionState):
+    """The execution state of items running on a remote worker: operations inside them record into
+    the chunk's journal, which travels back to the coordinator, instead of opening the store."""
+
+    def store(self) -> RecordStore:
+        """The journal of the chunk running on this thread."""
+        journal: Journal | None = getattr(_local, "journal", None)
+        if journal is None:
+            raise StoreError("A durable operation ran on a remote worker outside a map item's chunk; "
+                             "operations inside items record through their chunk's journal only.")
+        return journal
+
+
+def remote_payload(spec: MapSpec) -> bytes:
+    """The pickled spec remote workers run: its state records into journals, and items keep their
+    own time (no coordinator watches a remote worker's slot). Unpicklable parts raise ValidationError."""
+    remote_spec = MapSpec(**{f.name: getattr(spec, f.name) for f in fields(MapSpec)})
+    state = spec.state
+    remote_spec.state = RemoteState(**{f.name: getattr(state, f.name) for f in fields(ExecutionState)})
+    remote_spec.timeout_in_worker = True
+    try:
+        return cast(bytes, cloudpickle.dumps(remote_spec))
+    except Exception as exc:
+        raise ValidationError(describe_unpicklable(spec, exc)) from None
+
+
+def run_remote_chunk(token: int, payload: bytes, indexes: Sequence[int],
+                     prior: list[tuple[bytes, bytes]]) -> tuple[ChunkResult, list[Op]]:
+    """The remote task: run a chunk of items against a journal seeded with ``prior`` records; return
+    the items' results and the journal's writes. ``payload`` is :func:`remote_payload`, unpickled
+    once per worker process."""
+    journal = Journal(prior)
+    _local.journal = journal
+    try:
+        result = run_chunk(_load_spec(token, payload), indexes)
+    finally:
+        _local.journal = None
+    return result, journal.ops
+
+
+_specs: OrderedDict[int, MapSpec] = OrderedDict()
+_specs_lock = threading.Lock()
+_SPEC_CACHE = 4
+
+
+def _load_spec(token: int, payload: bytes) -> MapSpec:
+    # The same cloudpickle as loky's spec file, so whatever runs on loky ships the same way here.
+    with _specs_lock:
+        spec = _specs.get(token)
+        if spec is None:
+            spec = cast(MapSpec, cloudpickle.loads(payload))
+            _specs[token] = spec
+            while len(_specs) > _SPEC_CACHE:
+                _specs.popitem(last=False)
+        return spec
+
+
+class RemoteMap:
+    """The coordinator's side of one map run remotely: the records under its unfinished items (sent
+    with their chunks) and the commit of what chunks send back."""
+
+    def __init__(self, spec: MapSpec) -> None:
+        self.spec = spec
+        self.prefix = op_key(spec.state.execution_id, spec.path)
+        self.prior = _read_unfinished(self.store(), self.prefix, spec.state.retry_failed)
+
+    def store(self) -> Store:
+        """The coordinator's store."""
+        return Store.for_process(self.spec.state.store_path)
+
+    def prior_of(self, indexes: Sequence[int]) -> list[tuple[bytes, bytes]]:
+        """The records to seed the journal of a chunk of ``indexes`` with."""
+        return [pair for index in indexes for pair in self.prior.get(index, {}).items()]
+
+    def commit(self, ops: list[Op], result: ChunkResult) -> None:
+        """Apply a chunk's journal to the store; keep what it wrote under items that did not finish
+        (they may run again in this map)."""
+        _apply(self.store(), ops)
+        finished = set(result.indexes)
+        item_len = len(self.prefix) + COMPONENT_SIZE
+        for kind, key, value in ops:
+            if len(key) < item_len or not key.startswith(self.prefix):
+                continue
+            index = item_index(self.prefix, key)
+            if index in finished:
+                self.prior.pop(index, None)
+                continue
+            records = self.prior.setdefault(index, {})
+            if kind == "delete":
+                for doomed in [k for k in records if k.startswith(key)]:
+                    del records[doomed]
+            elif len(key) > item_len:
+                records[key] = value
+
+
+def _apply(store: RecordStore, ops: list[Op]) -> None:
+    """Write a journal's operations to ``store`` in order, puts between deletions in one transaction."""
+    puts: list[tuple[bytes, bytes]] = []
+    for kind, key, value in ops:
+        if kind == "delete":
+            if puts:
+                store.put_many(puts)
+                puts = []
+            store.delete_prefix(key)
+        else:
+            puts.append((key, value))
+    if puts:
+        store.put_many(puts)
+
+
+def _read_unfinished(store: RecordStore, prefix: bytes, retry_failed: bool) -> dict[int, dict[bytes, bytes]]:
+    """The records under items that will run again (steps, waits... of an interrupted earlier run),
+    by item index; items already finished are skipped, so this is empty for a fresh map."""
+    prior: dict[int, dict[bytes, bytes]] = {}
+    for index, key, value in _under_unfinished(store.scan(prefix), prefix, retry_failed):
+        prior.setdefault(index, {})[key] = value
+    return prior
+
+
+def _under_unfinished(records: Iterator[tuple[bytes, bytes]], prefix: bytes, retry_failed: bool,
+                      ) -> Iterator[tuple[int, bytes, bytes]]:
+    item_len = len(prefix) + COMPONENT_SIZE
+    skip = -1
+    for key, value in records:
+        if len(key) < item_len:
+            continue
+        index = item_index(prefix, key)
+        if len(key) == item_len:
+            status = decode_record(value).status
+            finished = status == Status.SUCCEEDED or (status == Status.FAILED and not retry_failed)
+            skip = index if finished else -1
+        elif index != skip:
+            yield index, key, value
