@@ -15,6 +15,7 @@ from durablemap._errors import (
     StepError,
     StepInterruptedError,
 )
+from durablemap._exits import EXITS, describe_exit, is_real_interrupt
 from durablemap._records import Kind, Record, RecordWriter, Status, SubType
 from durablemap._store import op_key, path_str
 from durablemap.config import StepConfig, StepSemantics
@@ -86,6 +87,11 @@ def _raise_recorded(record: Record) -> None:
     ErrorObject.from_dict(record.error or {}).raise_as_operation_error(StepError)
 
 
+def _exit_error(exc: BaseException, step: str) -> dict[str, Any]:
+    raised = ErrorObject.from_exception(exc)
+    return ErrorObject(describe_exit(exc, f"Step '{step}'"), raised.type, None, raised.stack_trace).to_dict()
+
+
 def _run_attempts(ctx: DurableContext, func: Callable[[StepContext], T], name: str | None,
                   config: StepConfig, path: tuple[int, ...], record: Record | None) -> T:
     state = ctx.state
@@ -118,6 +124,12 @@ def _run_attempts(ctx: DurableContext, func: Callable[[StepContext], T], name: s
                 raise  # these end the run (or the execution); a retry strategy never sees them
             except Exception as exc:
                 pending_error = exc
+            except EXITS as exc:
+                if state.in_worker and not is_real_interrupt(exc):
+                    # Its item fails with what it raised; the step is recorded as having failed with
+                    # it (never retried), so that a later run of the item does not find it unfinished.
+                    put(Status.FAILED, error=_exit_error(exc, name or op_id), attempt=attempt)
+                raise
         if pending_error is not None:
             error, pending_error = pending_error, None
             decision = strategy(error, attempt)

@@ -10,6 +10,7 @@ item (steps, waits, child contexts, nested maps) write their own records to the 
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import signal
@@ -20,7 +21,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import cloudpickle
 import msgpack
@@ -35,6 +36,7 @@ from durablemap._errors import (
     SerDesError,
     error_type_name,
 )
+from durablemap._exits import EXITS, describe_exit, is_real_interrupt, watching_signals
 from durablemap._fingerprint import fingerprint
 from durablemap._gc import paused
 from durablemap._memory import init_item_memory, note_peak
@@ -148,7 +150,10 @@ def run_chunk(spec: MapSpec, indexes: Sequence[int]) -> ChunkResult:
         with paused():
             plain = spec.item_serdes is None and spec.names is None and not spec.timeout_in_worker
             run = _run_plain_items if plain else _run_any_items
-            result.fatal = run(spec, indexes, result, slot)
+            # An inline map's items run on the main thread: a real Ctrl-C there must stop the job,
+            # while an item's own KeyboardInterrupt fails the item.
+            with watching_signals() if _depth == 1 else contextlib.nullcontext():
+                result.fatal = run(spec, indexes, result, slot)
             if slot is not None:
                 slot.end()
             if result.fatal is not None:
@@ -215,6 +220,10 @@ def _run_plain_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
             return _fatal(exc, index)
         except Exception as exc:
             value, record, error = _item_failed(spec, index, exc, _meta(fp, note_peak(None, limit)))
+        except EXITS as exc:
+            if is_real_interrupt(exc):
+                raise
+            value, record, error = _item_exited(spec, index, None, exc, _meta(fp, note_peak(None, limit)))
         else:
             if type(value) not in _SELF_DECODING:
                 value = unpack_default(payload)
@@ -240,6 +249,7 @@ def _run_plain_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
 _plain_pack = msgpack.Packer(use_bin_type=True).pack
 # Values the default serdes gives back unchanged, type included: no need to decode what was encoded.
 _SELF_DECODING = frozenset((int, float, str, bool, type(None)))
+_E = TypeVar("_E", bound=BaseException)
 
 
 def _item_failed(spec: MapSpec, index: int, exc: Exception,
@@ -250,7 +260,16 @@ def _item_failed(spec: MapSpec, index: int, exc: Exception,
     return _failed(spec, None, ErrorObject.from_exception(_user_frames(exc)), meta)
 
 
-def _user_frames(exc: Exception) -> Exception:
+def _item_exited(spec: MapSpec, index: int, name: str | None, exc: BaseException,
+                 meta: dict[str, Any] | None) -> tuple[None, bytes, dict[str, Any]]:
+    """The FAILED record of an item whose code raised SystemExit or KeyboardInterrupt (not a real
+    Ctrl-C): it fails that item only, with a message naming what it raised."""
+    raised = ErrorObject.from_exception(_user_frames(exc))
+    message = describe_exit(exc, f"Item {index} of map '{path_str(spec.path)}'")
+    return _failed(spec, name, ErrorObject(message, raised.type, None, raised.stack_trace), meta)
+
+
+def _user_frames(exc: _E) -> _E:
     """``exc`` with the worker loop's own frame dropped from its traceback: the recorded stack
     starts in the user's function."""
     tb = exc.__traceback__
@@ -315,6 +334,10 @@ def run_item(spec: MapSpec, index: int) -> tuple[Any, bytes, dict[str, Any] | No
     except Exception as exc:
         return _failed(spec, name, ErrorObject.from_exception(_user_frames(exc)),
                        note_peak(meta, spec.worker_memory_limit))
+    except EXITS as exc:
+        if is_real_interrupt(exc):
+            raise
+        return _item_exited(spec, index, name, exc, note_peak(meta, spec.worker_memory_limit))
     meta = note_peak(meta, spec.worker_memory_limit)
     serdes = spec.item_serdes
     try:

@@ -392,3 +392,14 @@ def test_cli_runs_a_handler_on_the_cluster(tmp_path: Path, client: Any) -> None:
     assert [item["result"] for item in json.loads(done.stdout)["all"]] == [1, 4, 9, 16, 25]
     missing = subprocess.run([*argv[:-2]], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert missing.returncode == 2 and "--scheduler" in missing.stderr
+
+
+@pytest.mark.parametrize(("how", "where"), [("exit", "item"), ("kbd", "step")])
+def test_an_exit_raised_by_an_item_fails_that_item_only(tmp_path: Path, executor: DaskExecutor, how: str,
+                                                        where: str) -> None:
+    from .test_item_exits import WHAT, exiting
+    result = exiting.run({"how": how, "where": where}, store=tmp_path / "s", executor=executor, progress=False)
+    assert result.get_results() == [i * 2 for i in range(8) if i != 3]
+    (failed,) = result.failed()
+    assert failed.index == 3 and failed.error is not None and failed.error.type == WHAT[how][0]
+    assert f"Item 3 of map '1' {WHAT[how][1]}" in (failed.error.message or "")
