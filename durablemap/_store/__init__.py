@@ -5,6 +5,7 @@
         delete_prefix / count_prefix
         index_put / index_get / index_scan / index_delete                            index db
         acquire_lock / release_lock / lock_holder / break_lock                       locks db
+    compact(dir)    shrink data.mdb to the pages in use (only when no process has the store open)
 
 Keys (``op_key``) put an execution's records under one prefix, an operation's descendants under
 its key, and a map's items in index order (see ``_keys``). Values are opaque bytes: the store never
@@ -25,6 +26,7 @@ from typing import Any, cast
 
 from durablemap._errors import ExecutionLockedError, StoreError
 from durablemap._store import _locks
+from durablemap._store._compact import CompactResult, compact
 from durablemap._store._env import DEFAULT_MAP_SIZE, SharedEnv, acquire_env, release_env
 from durablemap._store._keys import (
     COMPONENT_SIZE,
@@ -39,9 +41,11 @@ from durablemap._store._keys import (
 
 __all__ = [
     "DEFAULT_MAP_SIZE",
+    "CompactResult",
     "FORMAT_VERSION",
     "LockHolder",
     "Store",
+    "compact",
     "decode_key",
     "execution_prefix",
     "op_key",

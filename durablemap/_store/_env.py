@@ -37,7 +37,8 @@ import lmdb
 from durablemap._errors import StoreError
 from durablemap._store._keys import FORMAT_VERSION, MAX_KEY_SIZE
 
-__all__ = ["DEFAULT_MAP_SIZE", "FORMAT_VERSION", "MAGIC", "SharedEnv", "acquire_env", "check_directory"]
+__all__ = ["DEFAULT_MAP_SIZE", "FORMAT_VERSION", "MAGIC", "SharedEnv", "acquire_env", "check_directory",
+           "is_open_in_process"]
 
 T = TypeVar("T")
 
@@ -304,6 +305,12 @@ def acquire_env(path: Path, *, readonly: bool, map_size: int) -> SharedEnv:
                              "Store before opening it writable")
         shared.refs += 1
         return shared
+
+
+def is_open_in_process(real: str) -> bool:
+    """Whether this process (or the process it was forked from) has the store at ``real`` open."""
+    with _registry_lock:
+        return any(path == real for path, _ in _registry)
 
 
 def _refuse_if_inherited(real: str) -> None:

@@ -2,7 +2,8 @@
 
     run MODULE:HANDLER | path/file.py:HANDLER   run or resume an execution (exit 0 / 1 / 130)
     ls | show ID | failures ID | export ID --map NAME                       read-only, no lock
-    rm ID | gc --older-than 7d                                              remove executions
+    rm ID | gc --older-than 7d                      remove executions, then compact the store file
+    compact                                         give the store's free space back to the disk
 
 Every command finds the store as ``handler.run`` does: ``--store``, else ``$DURABLEMAP_STORE``, else
 ``./.durablemap``. Read commands open it read-only and take no lock, so they work while a job writes
@@ -25,7 +26,9 @@ import click
 import cloudpickle
 
 from durablemap import BatchResult
+from durablemap._errors import StoreError
 from durablemap._execution import default_execution_id, default_store_path
+from durablemap._store import compact as compact_store
 from durablemap._store import execution_prefix, path_str
 from durablemap.cli import _reader
 from durablemap.cli._load import load_handler
@@ -50,6 +53,11 @@ def _store_option(func: F) -> F:
 
 def _json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(func)
+
+
+def _no_compact_option(func: F) -> F:
+    return click.option("--no-compact", is_flag=True,
+                        help="Leave the freed space inside the store file (for reuse) instead of compacting.")(func)
 
 
 def _store_path(store: str | None) -> str:
@@ -264,8 +272,9 @@ def _write_rows(rows: Iterator[dict[str, Any]], fmt: str, output: Any) -> None:
 @click.argument("execution_id")
 @_store_option
 @click.option("--force", is_flag=True, help="Remove it even if a live process is running it.")
-def rm(execution_id: str, store: str | None, force: bool) -> None:
-    """Remove execution ID and all its records."""
+@_no_compact_option
+def rm(execution_id: str, store: str | None, force: bool, no_compact: bool) -> None:
+    """Remove execution ID and all its records, then compact the store file (see `compact`)."""
     try:
         with _reader.open_store(_store_path(store), readonly=False) as handle:
             execution = _reader.load_execution(handle, execution_id, counts=False)
@@ -276,6 +285,30 @@ def rm(execution_id: str, store: str | None, force: bool) -> None:
     except CliError as exc:
         _die(str(exc))
     click.echo(f"removed execution {execution_id} ({removed} records)")
+    if not no_compact:
+        _compact(_store_path(store), strict=False)
+
+
+def _compact(path: str, *, strict: bool) -> None:
+    """Compact the store; a refusal (the store is open elsewhere) fails the command only if ``strict``."""
+    try:
+        sizes = compact_store(path)
+    except StoreError as exc:
+        if strict:
+            _die(str(exc), EXIT_FAILED)
+        click.echo(f"durablemap: note: {exc}", err=True)
+        return
+    mib = 2**20
+    click.echo(f"compacted {path}: data.mdb {sizes.before / mib:,.1f} MiB -> {sizes.after / mib:,.1f} MiB",
+               err=True)
+
+
+@main.command(name="compact")
+@_store_option
+def compact_command(store: str | None) -> None:
+    """Shrink the store file to the space its records use (LMDB compaction into a new file, swapped
+    in atomically). Refused, changing nothing, while any other process has the store open."""
+    _compact(_store_path(store), strict=True)
 
 
 def _remove(handle: Any, execution_id: str) -> int:
@@ -299,9 +332,10 @@ def _parse_duration(text: str) -> float:
               help="Remove finished executions that ended longer ago than this (30m, 12h, 7d, 2w).")
 @_store_option
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
-def gc(older_than: str, store: str | None, dry_run: bool) -> None:
-    """Remove finished (SUCCEEDED or FAILED) executions older than a duration. The space they took
-    is reused by the store for new records."""
+@_no_compact_option
+def gc(older_than: str, store: str | None, dry_run: bool, no_compact: bool) -> None:
+    """Remove finished (SUCCEEDED or FAILED) executions older than a duration, then compact the store
+    file (see `compact`) so the space they took goes back to the disk."""
     cutoff = time.time() - _parse_duration(older_than)
     try:
         with _reader.open_store(_store_path(store), readonly=dry_run) as handle:
@@ -314,3 +348,5 @@ def gc(older_than: str, store: str | None, dry_run: bool) -> None:
     except CliError as exc:
         _die(str(exc))
     click.echo(f"{len(old)} execution(s) {'to remove' if dry_run else 'removed'}", err=True)
+    if old and not dry_run and not no_compact:
+        _compact(_store_path(store), strict=False)
