@@ -11,6 +11,9 @@ Cases, each run twice in fresh Python processes on one fresh store:
 - ``str``: ``context.map(strings, len)`` over a list of N 50-character strings, with 2 and with 8
   workers. N is capped at ``--strings-max`` (default 3,000,000): today every worker holds the whole
   input list, so 8 workers x 10M strings would need well over 10 GB.
+- ``lines``: the same strings as the lines of a file, through ``durablemap.inputs.FileLines``
+  (workers read only their lines), with 2 and 8 workers; the file and its line index are made
+  before the timed runs.
 
 For each, the first run (``first``) then the replay of the same execution (``replay``, every item
 read back from the store). Columns: wall time of ``handler.run`` (the process's start-up and imports
@@ -87,6 +90,17 @@ class WorkerSampler:
             self.peak = max(self.peak, total)
 
 
+def _lines_file(store: str, n: int) -> str:
+    """A file of the ``n`` strings of ``_strings``, one per line, beside the store (made once)."""
+    path = store + "-lines.txt"
+    if not os.path.exists(path):
+        with open(path, "w", encoding="utf-8") as fh:
+            tail = "x" * (STRING_LENGTH - 10)
+            for start in range(0, n, 100_000):
+                fh.write("".join(f"{i:010d}{tail}\n" for i in range(start, min(n, start + 100_000))))
+    return path
+
+
 def _du(path: str) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
@@ -99,7 +113,14 @@ def child(case: str, n: int, workers: int, store: str, phase: str) -> None:
     """Run one case's first run or replay in this fresh process; print its figures as JSON."""
     from durablemap import durable_execution
 
-    inputs: Any = range(n) if case == "range" else _strings(n)
+    inputs: Any
+    if case == "range":
+        inputs = range(n)
+    elif case == "str":
+        inputs = _strings(n)
+    else:
+        from durablemap.inputs import FileLines
+        inputs = FileLines(_lines_file(store, n), index_dir=store + "-index")
     func = square if case == "range" else length
 
     @durable_execution(workers=workers, progress=False)
@@ -147,7 +168,7 @@ def _format(row: dict[str, Any]) -> str:
 def _cases(sizes: list[int], workers: int, strings_max: int) -> list[tuple[str, int, int]]:
     cases = [("range", n, workers) for n in sizes]
     for n in sorted({min(n, strings_max) for n in sizes}):
-        cases += [("str", n, 2), ("str", n, 8)]
+        cases += [("str", n, 2), ("str", n, 8), ("lines", n, 2), ("lines", n, 8)]
     return cases
 
 
@@ -173,6 +194,9 @@ def main() -> None:
     for case, n, workers in _cases(sizes, args.workers, args.strings_max):
         store = tempfile.mkdtemp(prefix="durablemap-scale-")
         try:
+            if case == "lines":  # the file and its index, outside the timed runs
+                from durablemap.inputs import FileLines
+                FileLines(_lines_file(store, n), index_dir=store + "-index")
             for phase in ("first", "replay"):
                 row = _run_child(case, n, workers, store, phase, args.timeout)
                 rows.append(row)
@@ -180,7 +204,11 @@ def main() -> None:
                 if "error" in row:
                     break
         finally:
-            shutil.rmtree(store, ignore_errors=True)
+            for leftover in (store, store + "-index", store + "-lines.txt"):
+                if os.path.isdir(leftover):
+                    shutil.rmtree(leftover, ignore_errors=True)
+                elif os.path.exists(leftover):
+                    os.unlink(leftover)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
