@@ -91,6 +91,8 @@ class LazySequence(Sequence[T]):
 
     def __getitem__(self, index: int | slice) -> T | list[T]:
         n = len(self)
+        if type(index) is int and 0 <= index < n:
+            return self._item(index)
         if isinstance(index, slice):
             return [self._item(i) for i in range(*index.indices(n))]
         try:

@@ -12,6 +12,7 @@ reads: about 1 s per 300-500 MB of uncompressed data on one core.
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 import zlib
 from typing import Any, BinaryIO, NamedTuple
@@ -45,7 +46,8 @@ class GzipStream:
     """Reads ranges of the uncompressed content of a gzip file (many members allowed). Thread-safe."""
 
     def __init__(self, fh: BinaryIO) -> None:
-        self._fh = fh
+        self._fh = fh  # kept open by this object; read by offset (pread), so a forked child may share it
+        self._fd = fh.fileno()
         self._lock = threading.Lock()
         self._snapshots = [_Snapshot(0, 0, _inflater(), b"")]
         self._restore(self._snapshots[0])
@@ -60,8 +62,7 @@ class GzipStream:
         """The next piece of uncompressed content; b"" at the end of the file."""
         while True:
             if not self._pending:
-                self._fh.seek(self._consumed)
-                self._pending = self._fh.read(_READ)
+                self._pending = os.pread(self._fd, _READ, self._consumed)
                 self._consumed += len(self._pending)
                 if not self._pending:
                     return b""
@@ -78,10 +79,8 @@ class GzipStream:
                 return bytes(out)
 
     def _at_end(self) -> bool:
-        self._fh.seek(self._consumed)
-        rest = self._fh.read(_READ)
+        rest = os.pread(self._fd, _READ, self._consumed)
         if rest.strip(b"\x00"):
-            self._fh.seek(self._consumed)
             return False
         self._consumed += len(rest)
         return not rest or self._at_end()

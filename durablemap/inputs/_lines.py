@@ -80,17 +80,14 @@ class FileLines(LazySequence[Any]):
         return f"FileLines({self.path!r}, {self._len} lines{', gzip' if self.gzip else ''})"
 
     def _files(self) -> _OpenFile:
-        opened = self._open
-        if opened is None or opened.pid != os.getpid():
-            with self._open_lock:
-                if self._open is None or self._open.pid != os.getpid():
-                    self.stamp.check(self.path, repr(self))
-                    self._open = _OpenFile(self.path, self.index_path, self.gzip)
-                opened = self._open
-        return opened
+        with self._open_lock:
+            if self._open is None:
+                self.stamp.check(self.path, repr(self))
+                self._open = _OpenFile(self.path, self.index_path, self.gzip)
+            return self._open
 
     def _item(self, index: int) -> Any:
-        line = self._files().line(index)
+        line = (self._open or self._files()).line(index)
         if not self.keep_newlines and line.endswith(b"\n"):
             line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
         return line if self.encoding is None else line.decode(self.encoding, self.errors)
@@ -110,10 +107,10 @@ def _restore(path: str, index_path: Path, stamp: FileStamp, gzip: bool, length: 
 
 
 class _OpenFile:
-    """One process's handles on a file and its index: memory maps (plain) or a gzip stream."""
+    """Handles on a file and its index: memory maps (plain) or a gzip stream. A forked child may
+    share them: maps are read-only, and the gzip stream reads with pread (no shared file offset)."""
 
     def __init__(self, path: str, index_path: Path, gzip: bool) -> None:
-        self.pid = os.getpid()
         with open(index_path, "rb") as fh:
             self._index = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         self._stream: GzipStream | None = None
