@@ -25,12 +25,14 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import psutil
@@ -309,31 +311,43 @@ class ItemMemory:
 
 
 def _retire_after_this_chunk() -> None:
-    # loky's worker loop checks its RSS after every task and, when it grew past
-    # _MAX_MEMORY_LEAK_SIZE, hands its pid back to the executor and exits cleanly; the executor
-    # starts a fresh worker and nothing breaks. Setting the threshold below zero makes the next
-    # check retire this worker.
+    """Have loky hand this worker back as soon as it has sent this chunk's result.
+
+    loky's worker loop sends each task's result with its module's ``_sendback_result``, then goes
+    on to the next task. Here that function is wrapped, in this worker only: after sending, it does
+    what loky does when it recycles a worker for memory (send the pid back, wait for the executor to
+    take note, leave): the executor starts a fresh worker and nothing breaks. No local of loky's
+    loop is written (that needed ctypes and broke with Python and loky versions); its exit lock is
+    only read, which works on every Python version.
+    """
     from loky import process_executor
-    process_executor._MEMORY_LEAK_CHECK_DELAY = -1.0
-    process_executor._MAX_MEMORY_LEAK_SIZE = -(2**62)
-    _give_loky_a_reference()
-
-
-def _give_loky_a_reference() -> None:
-    # After a worker's first task loky only takes its reference reading, and checks from the
-    # second task on. A worker over the limit in its first task would run one more; so when that
-    # reading is still missing, set it (a local of loky's worker loop) to 0.
-    import ctypes
-    import sys
-    frame = sys._getframe()
-    while frame is not None and frame.f_code.co_name != "_process_worker":
-        frame = frame.f_back  # type: ignore[assignment]
-    if frame is None or frame.f_locals.get("_process_reference_size", 0) is not None:
+    send = process_executor._sendback_result
+    frame = _loky_worker_frame()
+    if getattr(send, "retires", False) or frame is None:
+        return  # already retiring, or not a loky worker (Dask, inline): nothing to recycle
+    exit_lock = frame.f_locals.get("worker_exit_lock")
+    if exit_lock is None:
+        warnings.warn("durablemap could not recycle this loky worker (an unknown loky version); it keeps "
+                      "running over worker_memory_limit until killed at the hard limit.", RuntimeWarning, stacklevel=2)
         return
-    with contextlib.suppress(Exception):
-        frame.f_locals["_process_reference_size"] = 0
-        if sys.version_info < (3, 13):  # 3.13 writes f_locals through (PEP 667)
-            ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))
+    pid_type = getattr(process_executor, "_RecycledWorkerPid", int)
+
+    def send_then_retire(result_queue: Any, work_id: Any, *args: Any, **kwargs: Any) -> None:
+        send(result_queue, work_id, *args, **kwargs)
+        result_queue.put(pid_type(os.getpid()))
+        with exit_lock:  # released by the executor once it has forgotten this worker
+            raise SystemExit(0)
+
+    send_then_retire.retires = True  # type: ignore[attr-defined]
+    process_executor._sendback_result = send_then_retire
+
+
+def _loky_worker_frame() -> FrameType | None:
+    """The frame of loky's worker loop that this call runs under, or None (not in a loky worker)."""
+    frame: FrameType | None = sys._getframe()
+    while frame is not None and frame.f_code.co_name != "_process_worker":
+        frame = frame.f_back
+    return frame
 
 
 _item_memory: ItemMemory | None = None
@@ -358,3 +372,5 @@ def ignore_recycling_warning() -> None:
     """loky warns (in its manager thread, where a warnings-as-errors filter would kill the thread)
     when it retires a worker for memory; durablemap retires workers on purpose."""
     warnings.filterwarnings("ignore", message="A worker was restarted", category=UserWarning)
+    # what loky versions without _RecycledWorkerPid say for the same
+    warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given", category=UserWarning)
