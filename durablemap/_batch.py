@@ -7,7 +7,7 @@ one costs about what building a 4-tuple costs, and it is immutable and hashable 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
@@ -240,6 +240,29 @@ class BatchResult(Generic[R]):
     def total_count(self) -> int:
         """Number of started items (``len(all)``), not the number of inputs."""
         return len(self.all)
+
+    def _rows(self) -> Iterator[dict[str, Any]]:
+        for item in self.all:
+            error: ErrorObject | None = item[3]
+            yield {"index": item[0], "name": None, "status": item[1].value, "result": item[2],
+                   "error": None if error is None else {"ErrorType": error.type, "ErrorMessage": error.message}}
+
+    def to_arrow(self) -> Any:
+        """A ``pyarrow.Table``, one row per item: ``index, name, status, result, error_type,
+        error_message`` (``result``'s type is inferred from the results; needs ``durablemap[arrow]``)."""
+        from durablemap._tabular import rows_to_arrow
+        return rows_to_arrow(self._rows())
+
+    def to_pandas(self) -> Any:
+        """A ``pandas.DataFrame`` with the columns of `to_arrow`, one row per item in index order;
+        pandas picks the ``result`` column's dtype (objects for dicts and lists). Needs
+        ``durablemap[pandas]``, not pyarrow."""
+        from durablemap._tabular import COLUMNS, require
+        pd = require("pandas", "BatchResult.to_pandas()")
+        rows = [[row["index"], row["name"], row["status"], row["result"],
+                 (row["error"] or {}).get("ErrorType"), (row["error"] or {}).get("ErrorMessage")]
+                for row in self._rows()]
+        return pd.DataFrame.from_records(rows, columns=list(COLUMNS))
 
     def to_dict(self) -> dict[str, Any]:
         """``{"all": [item dicts...], "completionReason": "..."}``; `from_dict` inverts it exactly."""

@@ -231,27 +231,48 @@ def _stream_json_list(rows: Iterator[dict[str, Any]]) -> None:
 @main.command()
 @click.argument("execution_id")
 @click.option("--map", "map_name", required=True, help="The map's name (or its operation id, e.g. 1).")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
-@click.option("-o", "--output", type=click.File("w", encoding="utf-8", lazy=True), default="-",
-              help="Write here instead of stdout.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet"]), default="jsonl", show_default=True,
+              help="parquet needs durablemap[arrow] and -o FILE; it streams row groups, in bounded memory.")
+@click.option("-o", "--output", metavar="FILE", default="-", help="Write here instead of stdout.")
+@click.option("--row-group-size", "row_group", type=click.IntRange(min=1), default=65_536, show_default=True,
+              help="parquet: items per row group (what export holds in memory at once).")
 @_store_option
-def export(execution_id: str, map_name: str, fmt: str, output: Any, store: str | None) -> None:
+def export(execution_id: str, map_name: str, fmt: str, output: str, row_group: int, store: str | None) -> None:
     """Export one record per recorded item of a map: index, status, result, error (streamed)."""
+    if fmt == "parquet" and output == "-":
+        _die("--format parquet writes a file: pass -o FILE.parquet")
     try:
         with _reader.open_store(_store_path(store)) as handle:
             _reader.load_execution(handle, execution_id, counts=False)
-            maps = _reader.find_maps(handle, execution_id, map_name)
-            if not maps:
-                raise CliError(f"execution {execution_id!r} has no map named {map_name!r}; "
-                               f"`durablemap show {execution_id}` lists its operations")
-            if len(maps) > 1:
-                ids = ", ".join(path_str(p) for p, _ in maps)
-                raise CliError(f"{len(maps)} maps are named {map_name!r} (operation ids {ids}); "
-                               "pass --map with the operation id")
-            rows = _reader.iter_items(handle, execution_id, maps[0][0])
-            _write_rows(rows, fmt, output)
+            path = _one_map(handle, execution_id, map_name)
+            if fmt == "parquet":
+                _export_parquet(lambda: _reader.iter_items(handle, execution_id, path), output, row_group)
+                return
+            with click.open_file(output, "w", encoding="utf-8") as out:
+                _write_rows(_reader.iter_items(handle, execution_id, path), fmt, out)
     except CliError as exc:
         _die(str(exc))
+
+
+def _one_map(handle: Any, execution_id: str, map_name: str) -> tuple[int, ...]:
+    maps = _reader.find_maps(handle, execution_id, map_name)
+    if not maps:
+        raise CliError(f"execution {execution_id!r} has no map named {map_name!r}; "
+                       f"`durablemap show {execution_id}` lists its operations")
+    if len(maps) > 1:
+        ids = ", ".join(path_str(p) for p, _ in maps)
+        raise CliError(f"{len(maps)} maps are named {map_name!r} (operation ids {ids}); "
+                       "pass --map with the operation id")
+    return maps[0][0]
+
+
+def _export_parquet(make_rows: Callable[[], Iterator[dict[str, Any]]], output: str, row_group: int) -> None:
+    from durablemap._tabular import write_parquet
+    try:
+        written = write_parquet(make_rows, output, row_group)
+    except (ImportError, ValueError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    click.echo(f"wrote {written} items to {output}", err=True)
 
 
 def _write_rows(rows: Iterator[dict[str, Any]], fmt: str, output: Any) -> None:
