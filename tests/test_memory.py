@@ -102,10 +102,13 @@ def test_leaking_worker_is_recycled_and_the_map_finishes() -> None:
             threading.Event().wait(0.05)
         assert not _alive(leaker), "the worker over worker_memory_limit was not retired"
         assert leaker not in pids[2:]  # retired right after the leaking item (its first task)
-        # A fresh worker takes its place: the pool is back to two live workers (whether the new one
-        # got any of this map's items depends on how fast it started, so that is not asserted).
+        # A fresh worker takes its place: loky starts it once work is pending (whether it got any of
+        # this map's items depends on how fast it started, so that is not asserted); after the next
+        # map's first chunk the pool is back to two live workers.
+        _run(runner, func="tiny", n=4)
         slots = Slots(_process_slot_dir())
-        while time.monotonic() < deadline + 15 and len(slots.live_pids()) < 2:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(slots.live_pids()) < 2:
             threading.Event().wait(0.05)
         assert len(live := slots.live_pids()) == 2 and leaker not in live, live
 
