@@ -19,6 +19,7 @@ from loky import get_reusable_executor
 from durablemap._errors import ValidationError
 from durablemap._slots import Slots
 from durablemap._worker import ChunkResult, MapSpec, init_worker, run_chunk_from_file
+from durablemap.executors._leftovers import quiet_resource_tracker, sweep_dead_jobs
 
 __all__ = ["LokyExecutor", "default_workers", "describe_unpicklable"]
 
@@ -39,6 +40,9 @@ def _process_slot_dir() -> str:
     # loky keeps reusing the same workers across maps and runs.
     global _slot_dir
     if _slot_dir is None or not os.path.isdir(_slot_dir):
+        # What killed jobs left behind goes first; then nothing of this job's is left to warn about.
+        sweep_dead_jobs()
+        quiet_resource_tracker()
         _slot_dir = tempfile.mkdtemp(prefix=f"durablemap-{os.getpid()}-")
         atexit.register(shutil.rmtree, _slot_dir, True)
     return _slot_dir
