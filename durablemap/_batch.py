@@ -27,16 +27,31 @@ R = TypeVar("R")
 _logger = logging.getLogger("durablemap")
 
 
-class BatchItemStatus(StrEnum):
-    """Status of one item of a batch. A str enum: ``BatchItemStatus.SUCCEEDED == "SUCCEEDED"``."""
+class _SdkStrEnum(StrEnum):
+    """A str-valued enum that prints as the SDK's plain ``Enum`` does: ``str(member)`` and
+    ``f"{member}"`` give ``"ClassName.MEMBER"``, while ``member == "MEMBER"`` stays true (the seed
+    compares statuses with strings) and JSON and msgpack write the value."""
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}.{self.name}"
+
+    def __format__(self, format_spec: str) -> str:
+        return format(str(self), format_spec)
+
+
+class BatchItemStatus(_SdkStrEnum):
+    """Status of one item of a batch: ``BatchItemStatus.SUCCEEDED == "SUCCEEDED"``, and
+    ``str(BatchItemStatus.SUCCEEDED) == "BatchItemStatus.SUCCEEDED"`` as in the SDK."""
 
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     STARTED = "STARTED"
 
 
-class CompletionReason(StrEnum):
-    """Why a batch stopped; see `durablemap._completion.CompletionPolicy.reason` for the rules."""
+class CompletionReason(_SdkStrEnum):
+    """Why a batch stopped; see `durablemap._completion.CompletionPolicy.reason` for the rules.
+    ``CompletionReason.ALL_COMPLETED == "ALL_COMPLETED"``; ``str()`` gives
+    ``"CompletionReason.ALL_COMPLETED"`` as in the SDK."""
 
     ALL_COMPLETED = "ALL_COMPLETED"
     MIN_SUCCESSFUL_REACHED = "MIN_SUCCESSFUL_REACHED"

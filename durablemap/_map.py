@@ -46,7 +46,14 @@ from durablemap._records import (
 from durablemap._step import operation_name
 from durablemap._store import op_key, path_str
 from durablemap._worker import MapSpec
-from durablemap.config import CompletionStatus, MapConfig, NestingType, ParallelBranch, ParallelConfig
+from durablemap.config import (
+    CompletionStatus,
+    MapConfig,
+    NestingType,
+    ParallelBranch,
+    ParallelBranchFactory,
+    ParallelConfig,
+)
 from durablemap.executors._inline import InlineExecutor
 from durablemap.serdes import deserialize_value, new_unpacker, serialize_value
 
@@ -86,7 +93,8 @@ def run_parallel(ctx: DurableContext, functions: Sequence[Any], name: str | None
             raise ValidationError(f"context.parallel(): functions[{index}] is not callable "
                                   f"({type(function).__name__}); pass functions taking a DurableContext.")
     config.completion_config._validate_for_total(len(functions))
-    return _run_batch(ctx, list(functions), _call_branch, name, config, SubType.PARALLEL, SubType.PARALLEL_BRANCH,
+    branches = [f.branch() if isinstance(f, ParallelBranchFactory) else f for f in functions]
+    return _run_batch(ctx, branches, _call_branch, name, config, SubType.PARALLEL, SubType.PARALLEL_BRANCH,
                       _branch_name)
 
 

@@ -19,7 +19,7 @@ from durablemap._exits import EXITS, describe_exit, is_real_interrupt
 from durablemap._records import Kind, Record, RecordWriter, Status, SubType
 from durablemap._store import op_key, path_str
 from durablemap.config import StepConfig, StepSemantics
-from durablemap.retries import RetryPresets
+from durablemap.retries import RetryPresets, as_retry_strategy
 from durablemap.serdes import deserialize_value, serialize_value
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def _run_attempts(ctx: DurableContext, func: Callable[[StepContext], T], name: s
                   config: StepConfig, path: tuple[int, ...], record: Record | None) -> T:
     state = ctx.state
     op_id = path_str(path)
-    strategy = config.retry_strategy or RetryPresets.default()
+    strategy = as_retry_strategy(config.retry_strategy) or RetryPresets.default()
     at_most_once = config.step_semantics == StepSemantics.AT_MOST_ONCE_PER_RETRY
     attempt = int(record.get("attempt", 0)) if record is not None else 0
     pending_error: Exception | None = None

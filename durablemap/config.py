@@ -19,7 +19,7 @@ from durablemap._errors import ValidationError
 from durablemap.serdes import SerDes
 
 if TYPE_CHECKING:
-    from durablemap.retries import JitterStrategy, RetryDecision
+    from durablemap.retries import JitterStrategy, LinearRetryStrategyConfig, RetryDecision, RetryStrategyConfig
 
 __all__ = [
     "MapConfig",
@@ -37,6 +37,7 @@ __all__ = [
     "complete_batch",
     "continue_batch",
     "ParallelBranch",
+    "ParallelBranchFactory",
     "durable_parallel_branch",
     "BatchItemStatus",
     "JitterStrategy",
@@ -326,11 +327,54 @@ class ParallelBranch(Generic[T]):
         return self.func(*args, **kwargs)
 
 
-def durable_parallel_branch(name: str | None = None) -> Callable[[Callable[..., T]], ParallelBranch[T]]:
-    """Decorator factory: ``@durable_parallel_branch("fetch")`` turns a function into a named branch."""
+@dataclass(frozen=True)
+class _BoundBranch(Generic[T]):
+    """``func(ctx, *args, **kwargs)``: a decorated branch with its arguments bound (picklable)."""
 
-    def wrap(func: Callable[..., T]) -> ParallelBranch[T]:
-        return ParallelBranch(func, name)
+    func: Callable[..., T]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def __call__(self, ctx: Any) -> T:
+        return self.func(ctx, *self.args, **self.kwargs)
+
+
+class ParallelBranchFactory(Generic[T]):
+    """What ``@durable_parallel_branch`` makes of a function ``f(ctx, *args, **kwargs)``: calling it
+    with the branch's own arguments, ``f(*args, **kwargs)``, returns a `ParallelBranch` that runs
+    ``f(ctx, *args, **kwargs)``, as in the SDK. ``context.parallel`` also accepts the factory
+    itself, uncalled, as the branch of a function that takes only the context."""
+
+    def __init__(self, func: Callable[..., T], name: str | None) -> None:
+        if not callable(func):
+            raise ValidationError(f"@durable_parallel_branch decorates a function, got: {func!r}")
+        self.func = func
+        self.name = name
+        self.__name__ = getattr(func, "__name__", type(func).__name__)
+        self.__qualname__ = getattr(func, "__qualname__", self.__name__)
+        self.__doc__ = getattr(func, "__doc__", None)
+        self.__module__ = getattr(func, "__module__", __name__)
+        self.__wrapped__ = func
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ParallelBranch[T]:
+        return ParallelBranch(_BoundBranch(self.func, args, kwargs) if args or kwargs else self.func,
+                              self.name)
+
+    def branch(self) -> ParallelBranch[T]:
+        """The branch of a function that takes only the context (what ``factory()`` returns)."""
+        return self()
+
+    def __repr__(self) -> str:
+        return f"<parallel branch factory {self.__qualname__} name={self.name!r}>"
+
+
+def durable_parallel_branch(name: str | None = None) -> Callable[[Callable[..., T]], ParallelBranchFactory[T]]:
+    """Decorator factory, as in the SDK: ``@durable_parallel_branch(name="fetch")`` on
+    ``def fetch(ctx, user_id)`` makes ``fetch(user_id)`` a `ParallelBranch` named "fetch" that runs
+    ``fetch(ctx, user_id)`` in the branch's context. ``context.parallel([fetch("u1"), ...])``."""
+
+    def wrap(func: Callable[..., T]) -> ParallelBranchFactory[T]:
+        return ParallelBranchFactory(func, name)
 
     return wrap
 
@@ -352,16 +396,22 @@ def _check_sub_type(sub_type: str | None) -> None:
 class StepConfig:
     """How a step retries, how often its body may run per attempt, and how its result is serialized.
 
-    ``retry_strategy`` None selects ``RetryPresets.default()``.
+    ``retry_strategy`` None selects ``RetryPresets.default()``. A ``RetryStrategyConfig`` or
+    ``LinearRetryStrategyConfig`` given in its place is accepted, as the SDK accepts it, and used as
+    the strategy it describes (``create_retry_strategy(config)``): ``max_attempts=1`` means no retry.
     """
 
-    retry_strategy: Callable[[Exception, int], RetryDecision] | None = None
+    retry_strategy: (Callable[[Exception, int], RetryDecision] | RetryStrategyConfig
+                     | LinearRetryStrategyConfig | None) = None
     step_semantics: StepSemantics = StepSemantics.AT_LEAST_ONCE_PER_RETRY
     serdes: SerDes[Any] | None = None
     sub_type: str | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
-        _check_callable("retry_strategy", self.retry_strategy)
+        from durablemap.retries import LinearRetryStrategyConfig, RetryStrategyConfig
+
+        if not isinstance(self.retry_strategy, RetryStrategyConfig | LinearRetryStrategyConfig):
+            _check_callable("retry_strategy", self.retry_strategy)
         if not isinstance(self.step_semantics, StepSemantics):
             raise ValidationError(
                 "step_semantics must be StepSemantics.AT_LEAST_ONCE_PER_RETRY or "

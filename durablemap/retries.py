@@ -28,6 +28,7 @@ __all__ = [
     "RetryPresets",
     "create_retry_strategy",
     "create_linear_retry_strategy",
+    "as_retry_strategy",
 ]
 
 RandomSource = Callable[[], float]
@@ -132,6 +133,17 @@ class LinearRetryStrategyConfig:
 
 
 _MATCH_ALL = re.compile(r".*")
+
+
+def as_retry_strategy(value: RetryStrategy | RetryStrategyConfig | LinearRetryStrategyConfig | None,
+                      ) -> RetryStrategy | None:
+    """``StepConfig.retry_strategy`` as a strategy: a retry config given in its place (the SDK
+    accepts one there) becomes the strategy it describes."""
+    if isinstance(value, RetryStrategyConfig):
+        return create_retry_strategy(value)
+    if isinstance(value, LinearRetryStrategyConfig):
+        return create_linear_retry_strategy(value)
+    return value
 
 
 def _error_filter(patterns: ErrorPatterns, types: ErrorTypes) -> Callable[[Exception], bool]:

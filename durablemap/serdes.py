@@ -250,12 +250,13 @@ def _pack(value: Any) -> bytes:
 class MsgpackSerDes(SerDes[Any]):
     """durablemap's default: msgpack bytes that keep Python types (see the module docstring)."""
 
-    def serialize(self, value: Any, serdes_context: SerDesContext) -> bytes:
-        """Encode ``value``; an unsupported type raises `SerDesError` naming it."""
+    def serialize(self, value: Any, serdes_context: SerDesContext | None = None) -> bytes:
+        """Encode ``value``; an unsupported type raises `SerDesError` naming it. The context is
+        optional (the encoding does not depend on it), as in the SDK's ``ExtendedTypeSerDes``."""
         return _pack(value)
 
-    def deserialize(self, data: str | bytes, serdes_context: SerDesContext) -> Any:
-        """Decode bytes written by `serialize`."""
+    def deserialize(self, data: str | bytes, serdes_context: SerDesContext | None = None) -> Any:
+        """Decode bytes written by `serialize`; the context is optional, as for `serialize`."""
         if isinstance(data, str):
             raise SerDesError(
                 "MsgpackSerDes.deserialize needs bytes, got str: the value was probably written by a "
@@ -267,20 +268,20 @@ class MsgpackSerDes(SerDes[Any]):
 class JsonSerDes(SerDes[Any]):
     """Plain JSON text: tuples become lists and dict keys become str, as ``json`` does."""
 
-    def serialize(self, value: Any, serdes_context: SerDesContext) -> str:
-        """``json.dumps(value)``."""
+    def serialize(self, value: Any, serdes_context: SerDesContext | None = None) -> str:
+        """``json.dumps(value)`` (the context is optional and unused)."""
         return json.dumps(value)
 
-    def deserialize(self, data: str | bytes, serdes_context: SerDesContext) -> Any:
-        """``json.loads(data)``."""
+    def deserialize(self, data: str | bytes, serdes_context: SerDesContext | None = None) -> Any:
+        """``json.loads(data)`` (the context is optional and unused)."""
         return json.loads(data)
 
 
 class PassThroughSerDes(SerDes[Any]):
     """Stores a value that already is ``str`` or ``bytes`` as it is."""
 
-    def serialize(self, value: Any, serdes_context: SerDesContext) -> str | bytes:
-        """Return ``value`` unchanged; it must be ``str`` or ``bytes``."""
+    def serialize(self, value: Any, serdes_context: SerDesContext | None = None) -> str | bytes:
+        """Return ``value`` unchanged; it must be ``str`` or ``bytes`` (the context is unused)."""
         if not isinstance(value, str | bytes):
             raise SerDesError(
                 f"PassThroughSerDes stores only str or bytes, got {_type_name(value)}; "
@@ -288,8 +289,8 @@ class PassThroughSerDes(SerDes[Any]):
             )
         return value
 
-    def deserialize(self, data: str | bytes, serdes_context: SerDesContext) -> Any:
-        """Return ``data`` unchanged."""
+    def deserialize(self, data: str | bytes, serdes_context: SerDesContext | None = None) -> Any:
+        """Return ``data`` unchanged (the context is unused)."""
         return data
 
 

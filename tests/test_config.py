@@ -256,19 +256,22 @@ def test_parallel_branch() -> None:
 
 
 def test_durable_parallel_branch_decorator() -> None:
+    # As in the SDK: the decorated function is a factory of branches; its arguments are bound.
     @durable_parallel_branch("fetch")
-    def fetch(ctx: int) -> int:
-        return ctx * 10
+    def fetch(ctx: int, factor: int) -> int:
+        return ctx * factor
 
-    assert isinstance(fetch, ParallelBranch)
-    assert fetch.name == "fetch"
-    assert fetch(2) == 20
+    branch = fetch(10)
+    assert isinstance(branch, ParallelBranch)
+    assert branch.name == "fetch"
+    assert branch(2) == 20
 
     @durable_parallel_branch()
     def unnamed(ctx: int) -> int:
         return ctx
 
-    assert unnamed.name is None
+    assert unnamed().name is None
+    assert unnamed()(5) == 5
 
 
 def test_step_config() -> None:

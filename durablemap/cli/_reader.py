@@ -225,11 +225,31 @@ def _subtree(store: Store, execution_id: str, path: tuple[int, ...], max_items: 
     finally:
         children.close()
     for node in nodes:
-        node.children = _subtree(store, execution_id, node.path, max_items)
+        flat = node.record.sub_type in BATCH_TYPES and bool(node.record.get("flat", False))
+        if flat:
+            node.children, listed = _flat_subtree(store, execution_id, node, max_items)
+        else:
+            node.children = _subtree(store, execution_id, node.path, max_items)
         if node.record.sub_type in BATCH_TYPES:
             node.counts = _batch_counts(store, execution_id, node.path, node.record)
-            node.hidden = max(0, node.counts[0] - len(node.children))
+            node.hidden = max(0, node.counts[0] - (listed if flat else len(node.children)))
     return nodes
+
+
+def _flat_subtree(store: Store, execution_id: str, node: Node, max_items: int) -> tuple[list[Node], int]:
+    """A FLAT map's children: its items record nothing themselves, so the operations inside them
+    are listed directly under the map (as the SDK records them), those of ``max_items`` items at
+    most; and how many items that was."""
+    nodes: list[Node] = []
+    inputs = int(node.record.get("inputs", 0))
+    listed = 0
+    for index in range(min(inputs, max_items)):
+        for child, record in list(_children(store, execution_id, (*node.path, index))):
+            inner = Node(child, record)
+            inner.children = _subtree(store, execution_id, child, max_items)
+            nodes.append(inner)
+        listed += 1
+    return nodes, listed
 
 
 @dataclass

@@ -79,7 +79,17 @@ class _Snapshot:
         self.children: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         for path in records:  # key order: children come out in index order
             if path:
-                self.children.setdefault(path[:-1], []).append(path)
+                self.children.setdefault(self._parent(path), []).append(path)
+
+    def _parent(self, path: tuple[int, ...]) -> tuple[int, ...]:
+        """The operation ``path`` is shown under: its parent, or for an operation inside an item of
+        a FLAT map or parallel (the items record nothing) the map itself, as the SDK records it."""
+        parent = path[:-1]
+        if parent not in self.records and len(path) >= 2:
+            batch = self.records.get(path[:-2])
+            if batch is not None and str(batch.sub_type) in _BATCH_SUB_TYPES and batch.get("flat", False):
+                return path[:-2]
+        return parent
 
     @classmethod
     def read(cls, store: Store, execution_id: str) -> _Snapshot:
@@ -112,9 +122,12 @@ class _OperationSearch:
         for op in ops:
             if op.name == name and (sub_type is None or op.sub_type == sub_type):
                 return op
-        kind = f"{sub_type} operation" if sub_type else "operation"
+        raise self._not_found(name, f"{sub_type} operation" if sub_type else "operation")
+
+    def _not_found(self, name: str, kind: str) -> OperationNotFoundError:
+        ops = self._search_space()
         found = ", ".join(f"{op.name!r} ({op.sub_type})" for op in ops) or "none"
-        raise OperationNotFoundError(
+        return OperationNotFoundError(
             f"No {kind} named {name!r} here; the operations here are: {found}. Name the operation "
             "(name=...) or look one level down with .children / get_all_operations().")
 
@@ -135,12 +148,12 @@ class _OperationSearch:
         return self.get_operation_by_name(name, OperationSubType.WAIT)
 
     def get_context(self, name: str) -> OperationView:
-        """The child context (``run_in_child_context``, a map item or a parallel branch) named ``name``."""
-        for sub_type in (OperationSubType.RUN_IN_CHILD_CONTEXT, OperationSubType.MAP_ITERATION,
-                         OperationSubType.PARALLEL_BRANCH):
-            with contextlib.suppress(OperationNotFoundError):
-                return self.get_operation_by_name(name, sub_type)
-        return self.get_operation_by_name(name, OperationSubType.RUN_IN_CHILD_CONTEXT)
+        """The context operation named ``name``: a child context (``run_in_child_context``), a map, a
+        parallel, a map item or a parallel branch (in the SDK all of them are context operations)."""
+        for op in self._search_space():
+            if op.name == name and op.operation_type == OperationType.CONTEXT:
+                return op
+        raise self._not_found(name, "context operation (child context, map, parallel, item or branch)")
 
     def get_all_operations(self) -> list[OperationView]:
         """Every operation below this point, depth first, in the order they were started."""
@@ -273,6 +286,10 @@ class DurableTestRunner:
     Use it as a context manager; closing it removes the stores it made and stops the worker
     processes it started. ``store`` runs on that directory instead (kept, and shared by every run).
     """
+
+    #: Where runs happen: always ``"local"`` (this machine). The AWS examples' runner adapter has
+    #: the same attribute ("local" or "cloud"); their tests read it before asserting on captured logs.
+    mode = "local"
 
     def __init__(self, handler: Any, *, store: str | os.PathLike[str] | None = None,
                  workers: int | None = None, executor: Any = None, real_time: bool = False) -> None:
