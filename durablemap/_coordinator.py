@@ -43,6 +43,7 @@ from durablemap._errors import (
     WorkerCrashedError,
 )
 from durablemap._gc import paused
+from durablemap._logs import emit as emit_logs
 from durablemap._memory import MemoryLimits, MemoryMonitor, ignore_recycling_warning
 from durablemap._observe import MapInfo, Observers
 from durablemap._records import Kind, Record, Status, decode_item_outcome, encode_record, item_key, item_keys
@@ -320,6 +321,8 @@ class Coordinator:
         fatal: dict[str, Any] | None = None
         finished: list[BatchItem[Any]] = []
         for indexes, result in results:
+            if result.logs:
+                emit_logs(result.logs)  # what the items logged in their worker process
             if result.values:
                 self.per_item = result.elapsed / len(result.values)
             if result.fatal is not None:

@@ -29,6 +29,7 @@ from durablemap._errors import (
 )
 from durablemap._fingerprint import fingerprint
 from durablemap._gc import paused
+from durablemap._logs import logger_levels
 from durablemap._memory import MemoryLimits
 from durablemap._observe import MapInfo
 from durablemap._records import (
@@ -167,7 +168,8 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
     executor = state.executor if (state.executor is not None and not state.in_worker) else InlineExecutor()
     spec = MapSpec(int.from_bytes(os.urandom(8), "big") >> 1, state.for_worker(), path, func, inputs,
                    item_serdes, flat, item_sub_type, names, fingerprints=not flat, key_prefix=key,
-                   commit_in_worker=not flat and executor.shares_store, item_timeout=config.item_timeout)
+                   commit_in_worker=not flat and executor.shares_store, item_timeout=config.item_timeout,
+                   coordinator_pid=os.getpid(), log_levels=logger_levels())
     limits = MemoryLimits.resolve(state.settings, config.memory_budget, config.worker_memory_limit)
     spec.worker_memory_limit = limits.worker_limit
     ref = executor.publish(spec)

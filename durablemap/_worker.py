@@ -10,7 +10,6 @@ item (steps, waits, child contexts, nested maps) write their own records to the 
 
 from __future__ import annotations
 
-import contextlib
 import faulthandler
 import os
 import signal
@@ -26,7 +25,7 @@ from typing import Any, TypeVar
 import cloudpickle
 import msgpack
 
-from durablemap import _memory
+from durablemap import _logs, _memory
 from durablemap._context import DurableContext
 from durablemap._errors import (
     ErrorObject,
@@ -75,6 +74,8 @@ class MapSpec:
     commit_in_worker: bool = False  # the worker can reach the store: it commits its chunks' records
     item_timeout: float | None = None
     timeout_in_worker: bool = False  # no coordinator watches this worker's slot (Dask): time items here
+    coordinator_pid: int = 0  # a worker in another process sends its items' log records back
+    log_levels: dict[str, int] | None = None  # the coordinator's logger levels (see _logs)
 
 
 @dataclass
@@ -91,6 +92,7 @@ class ChunkResult:
     elapsed: float
     fatal: dict[str, Any] | None = None
     committed: bool = False  # the worker committed the records itself (``records`` is then empty)
+    logs: list[dict[str, Any]] | None = None  # log records the items emitted (see _logs)
 
 
 _slot: SlotWriter | None = None
@@ -150,10 +152,7 @@ def run_chunk(spec: MapSpec, indexes: Sequence[int]) -> ChunkResult:
         with paused():
             plain = spec.item_serdes is None and spec.names is None and not spec.timeout_in_worker
             run = _run_plain_items if plain else _run_any_items
-            # An inline map's items run on the main thread: a real Ctrl-C there must stop the job,
-            # while an item's own KeyboardInterrupt fails the item.
-            with watching_signals() if _depth == 1 else contextlib.nullcontext():
-                result.fatal = run(spec, indexes, result, slot)
+            _run_watched(spec, indexes, result, slot, run)
             if slot is not None:
                 slot.end()
             if result.fatal is not None:
@@ -167,6 +166,24 @@ def run_chunk(spec: MapSpec, indexes: Sequence[int]) -> ChunkResult:
             return result
     finally:
         _depth -= 1
+
+
+def _run_watched(spec: MapSpec, indexes: Sequence[int], result: ChunkResult, slot: SlotWriter | None,
+                 run: Callable[..., dict[str, Any] | None]) -> None:
+    """Run the chunk's items into ``result``. At the top level (not a map nested in an item), watch
+    for a real Ctrl-C (an inline map's items run on the main thread: a real Ctrl-C there must stop
+    the job, while an item's own KeyboardInterrupt fails the item), and in a worker process keep the
+    log records the items emit, for the coordinator to log (see _logs)."""
+    if _depth != 1:
+        result.fatal = run(spec, indexes, result, slot)
+        return
+    with watching_signals():
+        if spec.coordinator_pid in (0, os.getpid()):
+            result.fatal = run(spec, indexes, result, slot)
+            return
+        with _logs.capture(spec.state.execution_id, spec.path, spec.state, spec.log_levels) as logs:
+            result.fatal = run(spec, indexes, result, slot)
+        result.logs = logs or None
 
 
 def _fatal(exc: BaseException, index: int) -> dict[str, Any]:
@@ -293,10 +310,12 @@ def _run_item_within(spec: MapSpec, index: int, seconds: float) -> tuple[Any, by
     worker thread): the item runs in a thread of its own; past the limit it is FAILED with
     ``ItemTimeoutError`` and its stack, and the thread is left to finish on its own."""
     box: dict[str, Any] = {}
+    owner = _logs.current()
 
     def target() -> None:
         try:
-            box["out"] = run_item(spec, index)
+            with _logs.adopt(owner):
+                box["out"] = run_item(spec, index)
         except BaseException as exc:
             box["error"] = exc
 

@@ -403,3 +403,30 @@ def test_an_exit_raised_by_an_item_fails_that_item_only(tmp_path: Path, executor
     (failed,) = result.failed()
     assert failed.index == 3 and failed.error is not None and failed.error.type == WHAT[how][0]
     assert f"Item 3 of map '1' {WHAT[how][1]}" in (failed.error.message or "")
+
+
+def _logging_item(ctx: DurableContext, x: int, index: int, _items: Any) -> int:
+    ctx.logger.info("dask context %s", x, extra={"row": x})
+    import logging
+
+    logging.getLogger("tests.dask_etl").info("dask etl %s", x)
+    return x
+
+
+@durable_execution
+def _logging_map(event: Any, context: DurableContext) -> list[int]:
+    return context.map(list(range(6)), _logging_item, name="m").get_results()
+
+
+def test_item_log_records_reach_the_coordinator_from_dask_workers(
+        tmp_path: Path, executor: DaskExecutor, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        assert _logging_map.run({}, store=tmp_path / "s", executor=executor, progress=False) == list(range(6))
+    mine = [r for r in caplog.records if r.getMessage().startswith(("dask context", "dask etl"))]
+    assert sorted(r.getMessage() for r in mine) == sorted(
+        [f"dask context {i}" for i in range(6)] + [f"dask etl {i}" for i in range(6)])
+    assert all(r.process != os.getpid() for r in mine)
+    assert sorted(r.itemIndex for r in mine if r.name == "tests.dask_etl") == list(range(6))
+    assert sorted(r.row for r in mine if hasattr(r, "row")) == list(range(6))
