@@ -144,20 +144,27 @@ def compact(path: str | os.PathLike[str]) -> CompactResult:
     if is_open_in_process(real):
         raise StoreError(f"store {real}: cannot compact it from a process that has it open; close every "
                          "Store of it first (or run `durablemap compact` from another process)")
+    try:
+        return _compact(real, data_path, lock_path)
+    except (OSError, lmdb.Error) as exc:
+        raise StoreError(f"store {real}: compacting it failed ({type(exc).__name__}: {exc}); the store is "
+                         "unchanged (the copy is written beside it first: it needs free disk space as large "
+                         "as its records)") from exc
+
+
+def _compact(real: str, data_path: str, lock_path: str) -> CompactResult:
     before = os.path.getsize(data_path)
-    for stale in os.listdir(real):
-        if stale.startswith(".compact-"):  # left by a compaction that was killed
-            shutil.rmtree(os.path.join(real, stale), ignore_errors=True)
+    with _exclusive(lock_path, real):  # refuse early, before copying, when someone has the store open
+        for stale in os.listdir(real):
+            if stale.startswith(".compact-"):  # left by a compaction that was killed
+                shutil.rmtree(os.path.join(real, stale), ignore_errors=True)
     work = tempfile.mkdtemp(prefix=".compact-", dir=real)
     try:
-        with _exclusive(lock_path, real):
-            pass  # refuse early, before copying, when someone has the store open
         copied_txnid = _copy(real, work)
-        copy_path = os.path.join(work, "data.mdb")
         with _exclusive(lock_path, real):
             if _last_txnid(data_path) != copied_txnid:
                 raise _refusal(real, "a process wrote the store while it was being copied", lock_path)
-            os.replace(copy_path, data_path)
+            os.replace(os.path.join(work, "data.mdb"), data_path)
             _fsync_dir(real)
             lmdb.open(real, max_dbs=_MAX_DBS, subdir=True).close()  # the only opener: rebuilds lock.mdb
     finally:
