@@ -26,6 +26,7 @@ its parent's handle; it cannot open the store either (see ``_refuse_if_inherited
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,8 +38,8 @@ import lmdb
 from durablemap._errors import StoreError
 from durablemap._store._keys import FORMAT_VERSION, MAX_KEY_SIZE
 
-__all__ = ["DEFAULT_MAP_SIZE", "FORMAT_VERSION", "MAGIC", "SharedEnv", "acquire_env", "check_directory",
-           "is_open_in_process"]
+__all__ = ["DEFAULT_MAP_SIZE", "FORMAT_VERSION", "MAGIC", "SharedEnv", "acquire_env", "check_data_file",
+           "check_directory", "damaged", "is_open_in_process"]
 
 T = TypeVar("T")
 
@@ -116,9 +117,10 @@ def _fix_for(exc: lmdb.Error) -> str:
         return f"record keys must be 1 to {MAX_KEY_SIZE} bytes: use a shorter execution id or less nesting"
     if isinstance(exc, lmdb.ReadersFullError):
         return "too many processes or open scans read the store at once; close some and run again"
-    if isinstance(exc, lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.InvalidError):
-        return "the store is damaged; restore it from a copy or delete it and run again"
     return "check the disk and the store directory, then run again"
+
+
+_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError)
 
 
 class SharedEnv:
@@ -134,6 +136,8 @@ class SharedEnv:
 
     def error(self, operation: str, exc: BaseException) -> StoreError:
         """A StoreError naming the store, the failed operation, the cause and the fix."""
+        if isinstance(exc, _DAMAGE):
+            return damaged(self.path, f"{operation} failed: {exc}")
         fix = _fix_for(exc) if isinstance(exc, lmdb.Error) else "check the store directory"
         return StoreError(
             f"store {self.path}: {operation} failed: {exc}. Earlier commits are intact and nothing of "
@@ -193,6 +197,73 @@ class SharedEnv:
         raise StoreError(f"store {self.path}: {operation} failed: the map kept being resized; run again")
 
 
+def damaged(path: str, what: str) -> StoreError:
+    """The StoreError of a damaged store: where, what is wrong, and what to do."""
+    return StoreError(
+        f"store {path}: is damaged: {what}. Its records cannot be trusted or read in full. Restore the "
+        "store directory from a copy (a backup, or a copy of the whole directory taken while no job "
+        "ran), or move it aside and run again to start afresh"
+    )
+
+
+# LMDB's two meta pages (pages 0 and 1) on 64-bit builds: after a 16-byte page header, the magic and
+# format version, then the page size (the free-list database's md_pad), the last page in use and the
+# transaction id. The meta with the higher transaction id is the one in force.
+_META = struct.Struct("<II")
+_META_PSIZE, _META_LAST_PAGE = 16 + 24, 16 + 120
+_LMDB_MAGIC, _LMDB_VERSION = 0xBEEFC0DE, 1
+_DEFAULT_PAGE = 4096
+
+
+def check_data_file(path: str) -> None:
+    """Refuse a data.mdb that LMDB would read past the end of (a truncated file: LMDB maps it, and
+    touching a page beyond the end kills the process with SIGBUS) or whose meta pages are damaged.
+    A missing or empty file is a store being created, and passes."""
+    file = os.path.join(path, "data.mdb")
+    try:
+        with open(file, "rb") as fh:
+            head = fh.read(2 * _DEFAULT_PAGE)
+            psize = int.from_bytes(head[_META_PSIZE:_META_PSIZE + 4], "little")
+            if not (_DEFAULT_PAGE <= psize <= 1 << 16 and psize & (psize - 1) == 0):
+                psize = _DEFAULT_PAGE  # the page size as stored, or the usual one if that is damaged
+            if psize > _DEFAULT_PAGE:
+                fh.seek(psize)
+                head = head[:psize] + fh.read(psize)
+            size = os.fstat(fh.fileno()).st_size  # after the metas: the file only grows before them
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"store {path}: cannot read data.mdb ({exc.strerror or exc}); make the store "
+                         "readable by this user") from exc
+    if not head.strip(b"\x00"):
+        return  # created, not yet initialised
+    metas = [_read_meta(head, offset) for offset in (0, psize)]
+    valid = [meta for meta in metas if meta is not None]
+    if not valid:
+        raise StoreError(f"store {path}: data.mdb is not an LMDB file, or both its header pages are "
+                         "damaged. If this directory held a durablemap store, it is damaged: restore it "
+                         "from a copy; otherwise choose another directory")
+    if len(valid) == 1:
+        page = metas.index(None)
+        raise damaged(path, f"data.mdb's header page {page} (of 2) is overwritten")
+    _txnid, last_page = max(valid)
+    needed = (last_page + 1) * psize
+    if size < needed:
+        raise damaged(path, f"data.mdb is {size} bytes but its last commit uses {needed}: the file was "
+                            "cut short (an interrupted copy, a full disk)")
+
+
+def _read_meta(head: bytes, offset: int) -> tuple[int, int] | None:
+    """``(txnid, last page)`` of the meta page at ``offset``, None when it is not one."""
+    if len(head) < offset + _META_LAST_PAGE + 16:
+        return None
+    magic, version = _META.unpack_from(head, offset + 16)
+    if magic != _LMDB_MAGIC or version != _LMDB_VERSION:
+        return None
+    last_page, txnid = struct.unpack_from("<QQ", head, offset + _META_LAST_PAGE)
+    return txnid, last_page
+
+
 def check_directory(path: Path, *, readonly: bool) -> str:
     """Validate (and create, unless ``readonly``) a store directory; returns its real path."""
     if path.exists() and not path.is_dir():
@@ -207,7 +278,11 @@ def check_directory(path: Path, *, readonly: bool) -> str:
         except OSError as exc:
             raise StoreError(f"store {path}: cannot create the directory ({exc.strerror or exc}); choose a "
                              "location this user can write, or create the directory first") from exc
-    entries = set(os.listdir(path))
+    try:
+        entries = set(os.listdir(path))
+    except OSError as exc:
+        raise StoreError(f"store {path}: cannot list the directory ({exc.strerror or exc}); make it "
+                         "readable and searchable by this user (chmod u+rwx), or choose another store") from exc
     if readonly and "data.mdb" not in entries:
         raise StoreError(f"store {path}: is not a durablemap store (no data.mdb); pass the directory of an "
                          "existing store")
@@ -257,6 +332,7 @@ def _initialise(shared: SharedEnv, txn: Any) -> None:
 
 
 def _open_env(path: str, *, readonly: bool, map_size: int) -> SharedEnv:
+    check_data_file(path)
     try:
         env = lmdb.open(
             path, map_size=map_size, max_dbs=len(_DB_NAMES) + 2, max_readers=_MAX_READERS,
@@ -266,8 +342,9 @@ def _open_env(path: str, *, readonly: bool, map_size: int) -> SharedEnv:
             lock=True,  # readers never block writers (MVCC), writers exclude each other
         )
     except (lmdb.InvalidError, lmdb.VersionMismatchError) as exc:
-        raise StoreError(f"store {path}: its data.mdb is not a readable LMDB file ({exc}); this is not a "
-                         "durablemap store: choose another directory") from exc
+        raise StoreError(f"store {path}: its data.mdb is not a readable LMDB file ({exc}). If this "
+                         "directory held a durablemap store, it is damaged: restore it from a copy; "
+                         "otherwise choose another directory") from exc
     except lmdb.Error as exc:
         raise StoreError(f"store {path}: cannot open the LMDB environment ({exc}); check that the "
                          "directory is writable, on a local disk, and not damaged") from exc

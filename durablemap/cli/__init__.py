@@ -68,7 +68,18 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, default=str, indent=2))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group. A StoreError that a command meets while it reads (a damaged store found
+    half-way through a scan) ends it with the error's message and exit code 2, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StoreError as exc:
+            _die(str(exc))
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="durablemap")
 def main() -> None:
     """durablemap: run durable parallel batch jobs, and see what they did."""

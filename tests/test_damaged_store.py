@@ -1,0 +1,150 @@
+"""A damaged store explains itself: a StoreError saying it is damaged, where, and what to do, from
+every command and from handler.run, never a SIGBUS or a traceback from deep inside the library.
+
+Every case runs in a subprocess: a regression here kills the process with SIGBUS (LMDB maps the file,
+and touching a page past the end of a truncated file is fatal), which must not take pytest with it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+JOB = textwrap.dedent('''
+    import sys
+    from durablemap import durable_execution
+
+    def work(context, item, index, items):
+        return {"i": index, "s": "x" * 50}
+
+    @durable_execution
+    def handler(event, context):
+        return context.map(list(range(20000)), work, name="m").success_count
+
+    if __name__ == "__main__":
+        print("RESULT", handler.run(None, store=sys.argv[1], execution_id="j", workers=2, progress=False))
+''')
+
+COMMANDS = [["ls"], ["show", "j"], ["failures", "j"], ["export", "j", "--map", "m"]]
+
+
+@pytest.fixture(scope="module")
+def good_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A finished 20,000-item job's store (about 2 MB, 494 pages) and the job's script."""
+    root = tmp_path_factory.mktemp("damage")
+    script = root / "job.py"
+    script.write_text(JOB)
+    store = root / "good"
+    out = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, timeout=300, check=False)
+    assert out.returncode == 0 and b"RESULT 20000" in out.stdout, out.stderr.decode()
+    return script, store
+
+
+def damaged_copy(good: Path, tmp_path: Path, damage: Callable[[Path], None]) -> Path:
+    store = tmp_path / "store"
+    store.mkdir()
+    for name in ("data.mdb", "lock.mdb"):
+        (store / name).write_bytes((good / name).read_bytes())
+    damage(store / "data.mdb")
+    return store
+
+
+def cut_in_half(data: Path) -> None:
+    os.truncate(data, data.stat().st_size // 2)
+
+
+def overwrite(offset: int, size: int) -> Callable[[Path], None]:
+    def damage(data: Path) -> None:
+        with open(data, "r+b") as fh:
+            fh.seek(offset)
+            fh.write(random.Random(offset).randbytes(size))
+    return damage
+
+
+def assert_explained(store: Path, script: Path, *words: str, commands: list[list[str]] = COMMANDS) -> None:
+    """Every command exits 2 with one line naming the store and ``words``; handler.run raises StoreError."""
+    for command in commands:
+        out = subprocess.run([sys.executable, "-m", "durablemap", command[0], "--store", str(store), *command[1:]],
+                             capture_output=True, timeout=120, check=False)
+        err = out.stderr.decode()
+        assert out.returncode == 2, (command, out.returncode, err)  # a SIGBUS would be -7
+        assert f"durablemap: store {store}" in err and all(w in err for w in words), (command, err)
+        assert "Traceback" not in err, (command, err)
+    run = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, timeout=300, check=False)
+    err = run.stderr.decode()
+    assert run.returncode == 1, (run.returncode, err)
+    assert err.strip().splitlines()[-1].startswith(f"durablemap._errors.StoreError: store {store}"), err
+    assert all(w in err for w in words) and "restore it from a copy" in err.lower().replace("restore the store directory from a copy", "restore it from a copy"), err
+
+
+def test_a_truncated_store_is_reported_not_a_sigbus(tmp_path: Path, good_store: tuple[Path, Path]) -> None:
+    script, good = good_store
+    store = damaged_copy(good, tmp_path, cut_in_half)
+    assert_explained(store, script, "is damaged: data.mdb is", "the file was cut short")
+
+
+def test_a_page_of_random_bytes_is_reported(tmp_path: Path, good_store: tuple[Path, Path]) -> None:
+    script, good = good_store
+    # Page 100 of the file: a page of the records' B-tree (the same bytes every run).
+    store = damaged_copy(good, tmp_path, overwrite(100 * 4096, 4096))
+    # ls and show read other pages and work; the commands that read every item record, and the
+    # replay, meet the damage.
+    assert_explained(store, script, "is damaged", commands=COMMANDS[2:])
+
+
+def test_a_damaged_meta_page_is_reported_as_damage(tmp_path: Path, good_store: tuple[Path, Path]) -> None:
+    script, good = good_store
+    store = damaged_copy(good, tmp_path, overwrite(16, 64))  # LMDB's first header (meta) page
+    assert_explained(store, script, "is damaged: data.mdb's header page 0 (of 2) is overwritten")
+
+
+def test_a_file_that_is_not_lmdb_says_both_possibilities(tmp_path: Path, good_store: tuple[Path, Path]) -> None:
+    script, good = good_store
+    store = damaged_copy(good, tmp_path, overwrite(0, 3 * 4096))
+    assert_explained(store, script, "not an LMDB file, or both its header pages are damaged")
+
+
+UNREADABLE = textwrap.dedent('''
+    import os, sys
+    from durablemap import StoreError
+    from durablemap._store import Store
+    from durablemap.cli import main
+    os.setgid(65534)
+    os.setuid(65534)  # the user nobody, for whom the store directory is unreadable
+    try:
+        Store.open(sys.argv[1], readonly=True)
+    except StoreError as exc:
+        print("STOREERROR", exc)
+    main(["ls", "--store", sys.argv[1]])
+''')
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switches to the user nobody, which needs root")
+def test_an_unreadable_store_directory_is_a_store_error(tmp_path: Path) -> None:
+    """A real permission error: the subprocess drops to the user nobody (uid 65534) after its
+    imports (nobody cannot read this Python installation) and opens a store it may not list."""
+    parent = Path(tempfile.mkdtemp(prefix="durablemap-perm-test-"))
+    try:
+        parent.chmod(0o711)  # nobody may pass through, not list
+        store = parent / "store"
+        store.mkdir(mode=0o700)
+        (store / "data.mdb").write_bytes(b"")
+        script = tmp_path / "unreadable.py"
+        script.write_text(UNREADABLE)
+        out = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, timeout=60, check=False)
+        text = out.stdout.decode() + out.stderr.decode()
+        assert f"STOREERROR store {store}: cannot list the directory (Permission denied)" in text, text
+        assert out.returncode == 2 and "durablemap: store" in out.stderr.decode(), text
+        assert "Traceback" not in text, text
+    finally:
+        for path in sorted(parent.rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        parent.rmdir()
