@@ -9,12 +9,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from enum import StrEnum
 from functools import partial
 from operator import countOf, itemgetter
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from durablemap._errors import BatchCompletionError, ChildContextError, ErrorObject
+from durablemap._errors import BatchCompletionError, ChildContextError, CompletionReason, ErrorObject, _SdkStrEnum
 from durablemap._gc import paused
 
 if TYPE_CHECKING:
@@ -27,18 +26,6 @@ R = TypeVar("R")
 _logger = logging.getLogger("durablemap")
 
 
-class _SdkStrEnum(StrEnum):
-    """A str-valued enum that prints as the SDK's plain ``Enum`` does: ``str(member)`` and
-    ``f"{member}"`` give ``"ClassName.MEMBER"``, while ``member == "MEMBER"`` stays true (the seed
-    compares statuses with strings) and JSON and msgpack write the value."""
-
-    def __str__(self) -> str:
-        return f"{type(self).__name__}.{self.name}"
-
-    def __format__(self, format_spec: str) -> str:
-        return format(str(self), format_spec)
-
-
 class BatchItemStatus(_SdkStrEnum):
     """Status of one item of a batch: ``BatchItemStatus.SUCCEEDED == "SUCCEEDED"``, and
     ``str(BatchItemStatus.SUCCEEDED) == "BatchItemStatus.SUCCEEDED"`` as in the SDK."""
@@ -46,18 +33,6 @@ class BatchItemStatus(_SdkStrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     STARTED = "STARTED"
-
-
-class CompletionReason(_SdkStrEnum):
-    """Why a batch stopped; see `durablemap._completion.CompletionPolicy.reason` for the rules.
-    ``CompletionReason.ALL_COMPLETED == "ALL_COMPLETED"``; ``str()`` gives
-    ``"CompletionReason.ALL_COMPLETED"`` as in the SDK."""
-
-    ALL_COMPLETED = "ALL_COMPLETED"
-    MIN_SUCCESSFUL_REACHED = "MIN_SUCCESSFUL_REACHED"
-    FAILURE_TOLERANCE_EXCEEDED = "FAILURE_TOLERANCE_EXCEEDED"
-    CUSTOM_COMPLETION_SUCCEEDED = "CUSTOM_COMPLETION_SUCCEEDED"
-    CUSTOM_COMPLETION_FAILED = "CUSTOM_COMPLETION_FAILED"
 
 
 _SUCCEEDED = BatchItemStatus.SUCCEEDED

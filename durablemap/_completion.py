@@ -7,11 +7,69 @@ whatever fails (CONTRACT section 4), where the SDK fails fast.
 
 from __future__ import annotations
 
-from durablemap._batch import CompletionReason
-from durablemap._errors import ValidationError
-from durablemap.config import CompletionConfig, CompletionDecision, CompletionOutcome, CompletionStatus
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
-__all__ = ["CompletionPolicy"]
+from durablemap._batch import BatchItemStatus, CompletionReason
+from durablemap._errors import ValidationError
+
+if TYPE_CHECKING:
+    from durablemap.config import CompletionConfig
+
+__all__ = ["CompletionDecision", "CompletionItemStatus", "CompletionOutcome", "CompletionPolicy",
+           "CompletionStatus", "status_snapshot"]
+
+
+class CompletionOutcome(StrEnum):
+    """How ``complete_batch`` ends a batch."""
+
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class CompletionItemStatus:
+    """One input as ``should_complete`` sees it: ``status`` None when not started, STARTED in flight."""
+
+    index: int
+    name: str | None = None
+    status: BatchItemStatus | None = None
+
+
+@dataclass(frozen=True)
+class CompletionStatus:
+    """The progress of a batch, passed to ``should_complete`` after every change."""
+
+    success_count: int
+    failure_count: int
+    completed_count: int
+    total_count: int
+    items: tuple[CompletionItemStatus, ...] = ()
+
+
+@dataclass(frozen=True)
+class CompletionDecision:
+    """The answer of ``should_complete``: continue, or complete with an outcome."""
+
+    complete: bool
+    outcome: CompletionOutcome | None = None
+
+    def __post_init__(self) -> None:
+        if self.complete and self.outcome is None:
+            raise ValidationError("CompletionDecision(complete=True) needs an outcome; use complete_batch(outcome)")
+        if not self.complete and self.outcome is not None:
+            raise ValidationError("CompletionDecision(complete=False) cannot have an outcome; use continue_batch()")
+
+
+
+def status_snapshot(succeeded: int, failed: int, total: int,
+                    statuses: list[tuple[int, str | None, BatchItemStatus | None]]) -> CompletionStatus:
+    """The ``CompletionStatus`` handed to ``should_complete``: the counts and each input's
+    ``(index, name, status)``."""
+    return CompletionStatus(succeeded, failed, succeeded + failed, total,
+                            tuple(CompletionItemStatus(index, name, status) for index, name, status in statuses))
+
 
 
 class CompletionPolicy:

@@ -44,10 +44,12 @@ from __future__ import annotations
 import contextlib
 import traceback
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, NoReturn
 
 __all__ = [
     "BatchCompletionError",
+    "CompletionReason",
     "CallbackError",
     "CallbackExternalError",
     "CallbackSubmitterError",
@@ -97,6 +99,31 @@ def error_type_name(exc: BaseException | type[BaseException]) -> str:
     if module == _PUBLIC_PACKAGE or module.startswith(_PUBLIC_PACKAGE + "."):
         return f"{_PUBLIC_PACKAGE}.{cls.__qualname__}"
     return f"{module}.{cls.__qualname__}"
+
+
+class _SdkStrEnum(StrEnum):
+    """A str-valued enum that prints as the SDK's plain ``Enum`` does: ``str(member)`` and
+    ``f"{member}"`` give ``"ClassName.MEMBER"``, while ``member == "MEMBER"`` stays true (the seed
+    compares statuses with strings) and JSON and msgpack write the value."""
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}.{self.name}"
+
+    def __format__(self, format_spec: str) -> str:
+        return format(str(self), format_spec)
+
+
+class CompletionReason(_SdkStrEnum):
+    """Why a batch stopped; see `durablemap._completion.CompletionPolicy.reason` for the rules.
+    Defined here, at the foundation, because ``BatchCompletionError`` carries one.
+    ``CompletionReason.ALL_COMPLETED == "ALL_COMPLETED"``; ``str()`` gives
+    ``"CompletionReason.ALL_COMPLETED"`` as in the SDK."""
+
+    ALL_COMPLETED = "ALL_COMPLETED"
+    MIN_SUCCESSFUL_REACHED = "MIN_SUCCESSFUL_REACHED"
+    FAILURE_TOLERANCE_EXCEEDED = "FAILURE_TOLERANCE_EXCEEDED"
+    CUSTOM_COMPLETION_SUCCEEDED = "CUSTOM_COMPLETION_SUCCEEDED"
+    CUSTOM_COMPLETION_FAILED = "CUSTOM_COMPLETION_FAILED"
 
 
 class DurableExecutionsError(Exception):
@@ -234,9 +261,6 @@ class BatchCompletionError(DurableOperationError):
         data: str | None = None,
         stack_trace: list[str] | None = None,
     ) -> None:
-        # Imported here: _batch imports this module for ErrorObject.
-        from durablemap._batch import CompletionReason
-
         if isinstance(completion_reason, str) and not isinstance(completion_reason, CompletionReason):
             # An unknown reason is kept as given rather than lose the information.
             with contextlib.suppress(ValueError):

@@ -24,7 +24,7 @@ from durablemap._context import DurableContext
 from durablemap._errors import ErrorObject, ValidationError
 from durablemap._observe import Observers
 from durablemap._records import Kind, RecordWriter, Status, SubType, decode_record
-from durablemap._state import ExecutionState
+from durablemap._state import ExecutionState, Settings
 from durablemap._store import Store, op_key
 from durablemap.serdes import serialize_value
 
@@ -109,9 +109,9 @@ class DurableFunction:
             retry_failed=retry_failed,
             executor=make_executor(executor or self.executor, workers or self.workers),
             observers=Observers(observer_list),
-            settings={"grace_seconds": _env_float("DURABLEMAP_GRACE_SECONDS", 5.0),
-                      **({"memory_budget": memory_budget} if memory_budget else {}),
-                      **({"worker_memory_limit": worker_memory_limit} if worker_memory_limit else {})})
+            settings=Settings(grace_seconds=_env_float("DURABLEMAP_GRACE_SECONDS", 5.0),
+                              memory_budget=memory_budget or None,
+                              worker_memory_limit=worker_memory_limit or None))
         store_handle.acquire_lock(execution_id)
         try:
             with _sigterm_as_interrupt():

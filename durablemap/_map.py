@@ -46,7 +46,6 @@ from durablemap._records import (
 )
 from durablemap._step import operation_name
 from durablemap._store import op_key, path_str
-from durablemap._worker import MapSpec
 from durablemap.config import (
     CompletionStatus,
     MapConfig,
@@ -55,13 +54,13 @@ from durablemap.config import (
     ParallelBranchFactory,
     ParallelConfig,
 )
-from durablemap.executors._inline import InlineExecutor
+from durablemap.executors._base import MapSpec
 from durablemap.serdes import deserialize_value, new_unpacker, serialize_value
 
 if TYPE_CHECKING:
     from durablemap._context import DurableContext
 
-__all__ = ["run_map", "run_parallel"]
+__all__ = ["replay_batch", "run_map", "run_parallel"]
 
 T = TypeVar("T")
 # A BatchResult of this many items serializes to more than CHECKPOINT_SIZE_LIMIT_BYTES with the default serdes
@@ -141,7 +140,7 @@ def _run_batch(ctx: DurableContext, inputs: Sequence[Any], func: Callable[..., A
         elif not config.recompute_changed_inputs:
             if record.get("inputs") not in (None, len(inputs)):
                 raise _drift(path_str(path), name, f"it had {record.get('inputs')} inputs, now {len(inputs)}")
-            return _replay(state, path, record, config)
+            return replay_batch(state, path, record, config.serdes, config.item_serdes or config.serdes)
     return _execute(ctx, path, record, inputs, func, name, config, sub_type, item_sub_type, namer)
 
 
@@ -165,11 +164,11 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
     except Exception as exc:
         raise fail(exc) from exc
     item_serdes = config.item_serdes or config.serdes
-    executor = state.executor if (state.executor is not None and not state.in_worker) else InlineExecutor()
+    executor = state.map_executor()
     spec = MapSpec(int.from_bytes(os.urandom(8), "big") >> 1, state.for_worker(), path, func, inputs,
                    item_serdes, flat, item_sub_type, names, fingerprints=not flat, key_prefix=key,
                    commit_in_worker=not flat and executor.shares_store, item_timeout=config.item_timeout,
-                   coordinator_pid=os.getpid(), log_levels=logger_levels())
+                   coordinator_pid=os.getpid(), log_levels=logger_levels(), context=type(ctx))
     limits = MemoryLimits.resolve(state.settings, config.memory_budget, config.worker_memory_limit)
     spec.worker_memory_limit = limits.worker_limit
     ref = executor.publish(spec)
@@ -313,10 +312,9 @@ def _drift(op_id: str, name: str | None, what: str) -> NonDeterministicExecution
 
 
 def _replay_rows(state: Any, path: tuple[int, ...], indexes: Sequence[int], records: list[list[Any]],
-                 started: set[int], config: MapConfig[Any] | ParallelConfig,
-                 ) -> list[tuple[int, BatchItemStatus, Any, Any]]:
+                 started: set[int], item_serdes: Any) -> list[tuple[int, BatchItemStatus, Any, Any]]:
     """``(index, status, result, error)`` of each finished item, from its record."""
-    op_id, item_serdes = path_str(path), config.item_serdes or config.serdes
+    op_id = path_str(path)
     rows: list[tuple[int, BatchItemStatus, Any, Any]] = []
     for index, fields in zip(indexes, records, strict=True):
         if index not in started:
@@ -326,14 +324,17 @@ def _replay_rows(state: Any, path: tuple[int, ...], indexes: Sequence[int], reco
     return rows
 
 
-def _replay(state: Any, path: tuple[int, ...], record: Record,
-            config: MapConfig[Any] | ParallelConfig) -> BatchResult[Any]:
-    """The recorded BatchResult of a finished map: from its record, or rebuilt from item records."""
+def replay_batch(source: Any, path: tuple[int, ...], record: Record, serdes: Any = None,
+                 item_serdes: Any = None) -> BatchResult[Any]:
+    """The recorded BatchResult of the finished map at ``path``: from its record, or rebuilt from
+    its item records. ``source`` has the ``execution_id`` and a ``store()`` holding its records (an
+    ExecutionState, or a reader of a store); ``serdes`` and ``item_serdes`` are the map's (None:
+    the default serdes)."""
     op_id = path_str(path)
     if record.payload is not None:
-        result: BatchResult[Any] = deserialize_value(config.serdes, record.payload, op_id,
-                                                     state.execution_id)
+        result: BatchResult[Any] = deserialize_value(serdes, record.payload, op_id, source.execution_id)
         return result
+    state = source
     started = set(record.get("started") or ())
     with paused():  # a million new records and items would otherwise set off full collections over them
         indexes, records = _item_record_columns(state, path)
@@ -342,7 +343,7 @@ def _replay(state: Any, path: tuple[int, ...], record: Record,
             items = BatchItem.from_rows(zip(indexes, repeat(BatchItemStatus.SUCCEEDED),
                                             compact_values(records), repeat(None)))
         else:
-            items = BatchItem.from_rows(_replay_rows(state, path, indexes, records, started, config))
+            items = BatchItem.from_rows(_replay_rows(state, path, indexes, records, started, item_serdes))
     if started:
         items.extend(BatchItem(index, BatchItemStatus.STARTED) for index in started)
         items.sort(key=lambda item: item.index)

@@ -29,17 +29,20 @@ import sys
 import threading
 import time
 import warnings
-import weakref
-from collections.abc import Mapping
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from durablemap._errors import ChildContextError, ValidationError
 
-__all__ = ["ItemMemory", "MemoryLimits", "MemoryMonitor", "ignore_recycling_warning", "init_item_memory", "note_peak"]
+if TYPE_CHECKING:
+    from durablemap._state import Settings
+    from durablemap.executors._base import Executor
+
+__all__ = ["ItemMemory", "MemoryLimits", "MemoryMonitor", "ignore_recycling_warning", "init_item_memory", "note_peak",
+           "start_monitor"]
 
 _log = logging.getLogger("durablemap")
 
@@ -67,18 +70,16 @@ class MemoryLimits:
         return int(self.worker_limit * _HARD_FACTOR) if self.worker_limit else None
 
     @classmethod
-    def resolve(cls, settings: Mapping[str, Any], budget: int | None,
-                worker_limit: int | None) -> MemoryLimits:
+    def resolve(cls, settings: Settings, budget: int | None, worker_limit: int | None) -> MemoryLimits:
         """The map's own limits (MapConfig) where set, else the execution's (``settings``), else
         ``$DURABLEMAP_MEMORY_BUDGET`` / ``$DURABLEMAP_WORKER_MEMORY_LIMIT`` (bytes)."""
-        def pick(own: int | None, key: str, env: str) -> int | None:
+        def pick(own: int | None, execution: int | None, env: str) -> int | None:
             if own is not None:
                 return own
-            value = settings.get(key)
-            return int(value) if value else _env_bytes(env)
-        return cls(pick(budget, "memory_budget", "DURABLEMAP_MEMORY_BUDGET"),
-                   pick(worker_limit, "worker_memory_limit", "DURABLEMAP_WORKER_MEMORY_LIMIT"),
-                   float(settings.get("memory_stall_seconds", _STALL_SECONDS)))
+            return int(execution) if execution else _env_bytes(env)
+        return cls(pick(budget, settings.memory_budget, "DURABLEMAP_MEMORY_BUDGET"),
+                   pick(worker_limit, settings.worker_memory_limit, "DURABLEMAP_WORKER_MEMORY_LIMIT"),
+                   settings.memory_stall_seconds)
 
 
 def _env_bytes(name: str) -> int | None:
@@ -111,15 +112,15 @@ class Sample:
 
 class MemoryMonitor:
     """Samples memory in a background thread, kills workers past the hard limit, and tells the
-    coordinator whether the budget admits another chunk. The thread stops by itself once its
-    owner (the coordinator) is gone or ``stop()`` is called."""
+    coordinator whether the budget admits another chunk. The thread runs until ``stop()``; the
+    coordinator that started it stops it when its map ends, however it ends."""
 
-    def __init__(self, executor: Any, limits: MemoryLimits, map_name: str, owner: object | None = None,
+    def __init__(self, executor: Executor, limits: MemoryLimits, map_name: str,
                  interval: float = _INTERVAL) -> None:
         self.executor, self.limits, self.map_name = executor, limits, map_name
         # With no limit to enforce, the samples only feed the peak figures and the progress display.
         self.interval = interval if (limits.budget or limits.worker_limit) else max(interval, _REPORT_INTERVAL)
-        self.slots = getattr(executor, "slots", None)
+        self.slots = executor.slots
         self._me = psutil.Process()
         self._procs: dict[int, psutil.Process] = {}
         self._lock = threading.Lock()
@@ -131,7 +132,6 @@ class MemoryMonitor:
         self.wait_seconds = 0.0
         self._held_since: float | None = None
         self._stop = threading.Event()
-        self._owner = weakref.ref(owner) if owner is not None else None
         self._thread = threading.Thread(target=self._loop, name="durablemap-memory", daemon=True)
         self._thread.start()
 
@@ -179,10 +179,6 @@ class MemoryMonitor:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            owner = self._owner() if self._owner is not None else self
-            if owner is None or getattr(owner, "reason", None) is not None:
-                return
-            del owner
             try:
                 self.sample()
             except Exception:  # pragma: no cover - a failed reading must not stop the map
@@ -247,6 +243,17 @@ class MemoryMonitor:
         """The map record's memory figures."""
         self._release()
         return {"peak_total_rss": self.peak_total, "memory_wait_seconds": round(self.wait_seconds, 3)}
+
+
+def start_monitor(executor: Executor, limits: MemoryLimits | None, map_name: str,
+                  in_worker: bool) -> MemoryMonitor | None:
+    """The memory monitor of a map: top-level maps with limits only (a nested map shares its
+    item's worker, whose memory the outer map watches)."""
+    if limits is None or in_worker:
+        return None
+    if limits.worker_limit:
+        ignore_recycling_warning()
+    return MemoryMonitor(executor, limits, map_name)
 
 
 # -- the worker's side ---------------------------------------------------------------------------

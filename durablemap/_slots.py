@@ -22,10 +22,13 @@ from dataclasses import dataclass
 __all__ = ["SlotState", "SlotWriter", "Slots"]
 
 # token, index, start (monotonic), running flag; then the peak RSS and the growth (peak minus the
-# RSS before it) of the last item this worker measured (see _memory), which begin() leaves alone
-_FMT = struct.Struct("<qqdqqq")
+# RSS before it) of the last item this worker measured (see _memory), which begin() leaves alone;
+# then the exit mark: 1 + the code of an os._exit called while an item ran (0: none)
+_FMT = struct.Struct("<qqdqqqq")
 _HEAD = struct.Struct("<qqdq")
 _PEAK = struct.Struct("<qq")
+_EXIT_WORD = 6
+_FATAL = b"Fatal Python error"  # what faulthandler writes to the stack file on a fatal signal
 _SIZE = 64
 
 
@@ -40,6 +43,7 @@ class SlotState:
     running: bool
     peak_rss: int
     growth: int
+    exited: bool = False  # the worker called os._exit while running its item
 
 
 class SlotWriter:
@@ -76,6 +80,12 @@ class SlotWriter:
         """The worker is between items."""
         _HEAD.pack_into(self._map, 0, 0, -1, time.monotonic(), 0)
 
+    def mark_exit(self, code: int) -> None:
+        """The worker is exiting by its own hand (``os._exit``): evidence, if it was running an item,
+        that this item killed it (see ``_faults``)."""
+        if self._words[3]:
+            self._words[_EXIT_WORD] = 1 + (code & 0xFF)
+
     def note_peak(self, peak: int, growth: int) -> None:
         """Publish the peak RSS and growth of the item just measured."""
         _PEAK.pack_into(self._map, _HEAD.size, peak, growth)
@@ -104,8 +114,8 @@ class Slots:
                 continue
             if len(data) < _FMT.size:
                 continue
-            token, index, started, running, peak, growth = _FMT.unpack(data)
-            states.append(SlotState(int(name), token, index, started, bool(running), peak, growth))
+            token, index, started, running, peak, growth, exited = _FMT.unpack(data)
+            states.append(SlotState(int(name), token, index, started, bool(running), peak, growth, bool(exited)))
         return states
 
     def running(self, token: int) -> list[SlotState]:
@@ -119,6 +129,17 @@ class Slots:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.directory, str(state.pid)))
         return [s for s in dead if s.running and s.token == token]
+
+    def died_by_own_hand(self, state: SlotState) -> bool:
+        """Whether the dead worker of ``state`` left evidence that it killed itself: an os._exit
+        mark, or faulthandler's report of a fatal signal (segfault, abort...) in its stack file."""
+        if state.exited:
+            return True
+        try:
+            with open(os.path.join(self.directory, f"{state.pid}.stack"), "rb") as fh:
+                return _FATAL in fh.read()
+        except OSError:
+            return False
 
     def live_pids(self) -> list[int]:
         """The pids of live workers."""

@@ -14,7 +14,21 @@ if TYPE_CHECKING:
     from durablemap._observe import Observers
     from durablemap.executors import Executor
 
-__all__ = ["ExecutionState"]
+__all__ = ["ExecutionState", "Settings"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How one run behaves, set by ``DurableFunction.run`` (arguments and environment), read by the
+    runtime: typed, so a misspelt setting is an error, not a silent default."""
+
+    #: After Ctrl-C, how long items in flight may take to finish and be recorded.
+    grace_seconds: float = 5.0
+    #: The execution's memory budget and worker memory limit (bytes), for maps that set none.
+    memory_budget: int | None = None
+    worker_memory_limit: int | None = None
+    #: How long memory may stay over budget with nothing running before the map fails.
+    memory_stall_seconds: float = 5.0
 
 
 @dataclass
@@ -33,11 +47,19 @@ class ExecutionState:
     item_index: int | None = None
     executor: Executor | None = field(default=None, compare=False)
     observers: Observers | None = field(default=None, compare=False)
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: Settings = field(default_factory=Settings)
 
     def store(self) -> RecordStore:
         """This process's handle on the store."""
         return Store.for_process(self.store_path)
+
+    def map_executor(self) -> Executor:
+        """Where this process runs a map's items: the execution's executor, or in line inside a
+        worker (a nested map runs in its item's worker)."""
+        if self.executor is not None and not self.in_worker:
+            return self.executor
+        from durablemap.executors._inline import InlineExecutor
+        return InlineExecutor()
 
     def for_worker(self) -> ExecutionState:
         """The copy that travels to a worker process: no executor, no observers."""

@@ -1,4 +1,5 @@
-"""What runs inside a worker process: a chunk of map items, each with its own DurableContext.
+"""What runs inside a worker process: a chunk of map items, each with its own context (the
+operations layer's DurableContext, which the spec carries: the runtime does not import it).
 
     coordinator ── MapSpec (func, inputs, serdes; once per worker per map) ──> worker cache
     coordinator ── ChunkTask (spec ref, indexes) ──────────────────────────> run_chunk
@@ -11,6 +12,7 @@ item (steps, waits, child contexts, nested maps) write their own records to the 
 from __future__ import annotations
 
 import faulthandler
+import importlib
 import os
 import signal
 import sys
@@ -19,14 +21,12 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import cloudpickle
 import msgpack
 
 from durablemap import _logs, _memory
-from durablemap._context import DurableContext
 from durablemap._errors import (
     ErrorObject,
     ExecutionError,
@@ -41,10 +41,9 @@ from durablemap._gc import paused
 from durablemap._memory import init_item_memory, note_peak
 from durablemap._records import Kind, Record, Status, encode_inline_item, encode_record, item_keys, record_head
 from durablemap._slots import SlotWriter
-from durablemap._state import ExecutionState
 from durablemap._store import path_str
+from durablemap.executors._base import ChunkResult, MapSpec
 from durablemap.serdes import (
-    SerDes,
     deserialize_value,
     new_packer,
     pack_default,
@@ -53,46 +52,6 @@ from durablemap.serdes import (
 )
 
 __all__ = ["ChunkResult", "MapSpec", "init_worker", "run_chunk", "run_chunk_from_file"]
-
-
-@dataclass
-class MapSpec:
-    """Everything a worker needs to run items of one map, shipped once per worker."""
-
-    token: int
-    state: ExecutionState
-    path: tuple[int, ...]
-    func: Callable[..., Any]
-    inputs: Sequence[Any]
-    item_serdes: SerDes[Any] | None
-    flat: bool
-    sub_type: str
-    names: Sequence[str | None] | None
-    fingerprints: bool = False
-    worker_memory_limit: int | None = None  # bytes: over it, the worker retires after its chunk
-    key_prefix: bytes = b""
-    commit_in_worker: bool = False  # the worker can reach the store: it commits its chunks' records
-    item_timeout: float | None = None
-    timeout_in_worker: bool = False  # no coordinator watches this worker's slot (Dask): time items here
-    coordinator_pid: int = 0  # a worker in another process sends its items' log records back
-    log_levels: dict[str, int] | None = None  # the coordinator's logger levels (see _logs)
-
-
-@dataclass
-class ChunkResult:
-    """The outcome of one chunk, item by item in the order they ran (``indexes``): the encoded
-    records to commit, the results as a replay will see them (already round-tripped through the
-    item serdes), and the recorded error of each item that FAILED (by position in the chunk)."""
-
-    token: int
-    indexes: Sequence[int]
-    records: list[bytes]
-    values: list[Any]
-    errors: dict[int, dict[str, Any]]
-    elapsed: float
-    fatal: dict[str, Any] | None = None
-    committed: bool = False  # the worker committed the records itself (``records`` is then empty)
-    logs: list[dict[str, Any]] | None = None  # log records the items emitted (see _logs)
 
 
 _slot: SlotWriter | None = None
@@ -113,8 +72,27 @@ def init_worker(slot_dir: str, parent_pid: int) -> None:
     init_item_memory(_slot)
     stack_file = open(os.path.join(slot_dir, f"{os.getpid()}.stack"), "w")  # noqa: SIM115 - lives as long as the worker
     faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
+    # Evidence for fault attribution (_faults): a fatal signal leaves faulthandler's report in the
+    # stack file, an os._exit marks the slot first. loky kills the other workers after one dies:
+    # without evidence, they would look like culprits too.
+    faulthandler.enable(file=stack_file, all_threads=True)
+    os._exit = _marked_exit
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True,
                      name="durablemap-parent-watch").start()
+    setup = os.environ.get("DURABLEMAP_WORKER_SETUP")
+    if setup:  # "module:function", run once per worker (durablemap.testing's crash hooks)
+        module, _, name = setup.partition(":")
+        getattr(importlib.import_module(module), name)()
+
+
+_real_exit = os._exit
+
+
+def _marked_exit(status: int) -> NoReturn:
+    """``os._exit`` in a worker: mark the slot (see ``_slots.SlotWriter.mark_exit``), then exit."""
+    if _slot is not None:
+        _slot.mark_exit(status)
+    _real_exit(status)
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -217,6 +195,7 @@ def _run_plain_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
     ``run_item``'s work inlined: this loop is most of a tiny item's cost."""
     records, values, errors, token = result.records, result.values, result.errors, spec.token
     state, func, inputs, base, limit = spec.state, spec.func, spec.inputs, spec.path, spec.worker_memory_limit
+    make_context = spec.context
     head = record_head(Kind.CONTEXT, Status.SUCCEEDED, spec.sub_type)
     pack = new_packer().pack  # this loop's own: packing never re-enters it
     fingerprints = spec.fingerprints
@@ -231,7 +210,7 @@ def _run_plain_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
         item = inputs[index]
         fp = fingerprint(item) if fingerprints else None
         try:
-            value = func(DurableContext(state, (*base, index)), item, index, inputs)
+            value = func(make_context(state, (*base, index)), item, index, inputs)
             payload = pack(value)
         except (ExecutionError, InvocationError) as exc:
             return _fatal(exc, index)
@@ -347,7 +326,7 @@ def run_item(spec: MapSpec, index: int) -> tuple[Any, bytes, dict[str, Any] | No
     fp = fingerprint(item) if spec.fingerprints else None
     meta = {"fp": fp} if fp is not None else None
     try:
-        value = spec.func(DurableContext(state, path), item, index, spec.inputs)
+        value = spec.func(spec.context(state, path), item, index, spec.inputs)
     except (ExecutionError, InvocationError):
         raise
     except Exception as exc:

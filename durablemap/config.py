@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from durablemap._batch import BatchItemStatus, BatchResult
+from durablemap._completion import CompletionDecision, CompletionItemStatus, CompletionOutcome, CompletionStatus
 from durablemap._errors import ValidationError
 from durablemap.serdes import SerDes
 
@@ -99,47 +100,6 @@ class Duration:
     def from_days(cls, value: float) -> Duration:
         """``value`` days, truncated to whole seconds."""
         return cls(seconds=int(value * 86400))
-
-
-class CompletionOutcome(StrEnum):
-    """How ``complete_batch`` ends a batch."""
-
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-
-
-@dataclass(frozen=True)
-class CompletionItemStatus:
-    """One input as ``should_complete`` sees it: ``status`` None when not started, STARTED in flight."""
-
-    index: int
-    name: str | None = None
-    status: BatchItemStatus | None = None
-
-
-@dataclass(frozen=True)
-class CompletionStatus:
-    """The progress of a batch, passed to ``should_complete`` after every change."""
-
-    success_count: int
-    failure_count: int
-    completed_count: int
-    total_count: int
-    items: tuple[CompletionItemStatus, ...] = ()
-
-
-@dataclass(frozen=True)
-class CompletionDecision:
-    """The answer of ``should_complete``: continue, or complete with an outcome."""
-
-    complete: bool
-    outcome: CompletionOutcome | None = None
-
-    def __post_init__(self) -> None:
-        if self.complete and self.outcome is None:
-            raise ValidationError("CompletionDecision(complete=True) needs an outcome; use complete_batch(outcome)")
-        if not self.complete and self.outcome is not None:
-            raise ValidationError("CompletionDecision(complete=False) cannot have an outcome; use continue_batch()")
 
 
 def complete_batch(outcome: CompletionOutcome = CompletionOutcome.SUCCEEDED) -> CompletionDecision:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from itertools import islice
 from operator import countOf, itemgetter
 from pathlib import Path
@@ -51,6 +51,7 @@ __all__ = [
     "op_key",
     "parse_path",
     "path_str",
+    "set_commit_hook",
 ]
 
 LockHolder = _locks.LockHolder
@@ -67,7 +68,122 @@ def _lock_key(execution_id: str) -> bytes:
     return execution_prefix(execution_id)  # validates the id the same way record keys do
 
 
-class Store:
+#: What every committed write of records in this process is reported to, or None (see
+#: :func:`set_commit_hook`).
+CommitHook = Callable[[list[tuple[bytes, bytes]]], None]
+_commit_hook: CommitHook | None = None
+
+
+def set_commit_hook(hook: CommitHook | None) -> None:
+    """Call ``hook(pairs)`` after each durable commit of records by any store of this process, with
+    the ``(key, value)`` pairs just committed (None: no hook). For crash injection in tests
+    (``durablemap.testing``): the hook may kill the process, once what it saw is on disk."""
+    global _commit_hook
+    _commit_hook = hook
+
+
+class _SideTables:
+    """The store's small side tables: named indexes (the list of executions) and execution locks.
+    A part of :class:`Store`, which provides the transactions."""
+
+    @property
+    def path(self) -> str:
+        raise NotImplementedError
+
+    def _transact(self, operation: str, work: Any, *, write: bool) -> Any:
+        raise NotImplementedError
+
+    def _db(self, name: bytes) -> Any:
+        raise NotImplementedError
+
+    # -- small side tables -----------------------------------------------------------------------
+
+    def index_put(self, name: str, key: bytes, value: bytes) -> None:
+        """Set ``key`` to ``value`` in side table ``name`` (durably)."""
+        full, db = _index_key(name, key), self._db(b"index")
+        self._transact("index_put", lambda txn: txn.put(full, value, db=db), write=True)
+
+    def index_get(self, name: str, key: bytes) -> bytes | None:
+        """The value of ``key`` in side table ``name``, or None."""
+        full, db = _index_key(name, key), self._db(b"index")
+        return cast(bytes | None, self._transact("index_get", lambda txn: txn.get(full, db=db), write=False))
+
+    def index_scan(self, name: str) -> Iterator[tuple[bytes, bytes]]:
+        """Every ``(key, value)`` of side table ``name``, in key order (read at once: tables are small)."""
+        prefix, db = _index_key(name, b""), self._db(b"index")
+
+        def work(txn: Any) -> list[tuple[bytes, bytes]]:
+            cursor = txn.cursor(db=db)
+            rows: list[tuple[bytes, bytes]] = []
+            if cursor.set_range(prefix):
+                for key, value in cursor.iternext():
+                    if not key.startswith(prefix):
+                        break
+                    rows.append((key[len(prefix) :], value))
+            return rows
+
+        return iter(cast(list[tuple[bytes, bytes]], self._transact("index_scan", work, write=False)))
+
+    def index_delete(self, name: str, key: bytes) -> bool:
+        """Remove ``key`` from side table ``name``; returns whether it was there."""
+        full, db = _index_key(name, key), self._db(b"index")
+        return cast(bool, self._transact("index_delete", lambda txn: txn.delete(full, db=db), write=True))
+
+    # -- execution locks -------------------------------------------------------------------------
+
+    def acquire_lock(self, execution_id: str) -> None:
+        """Lock ``execution_id`` for this process, taking over a lock left by a dead process.
+
+        Raises ``ExecutionLockedError`` when another live process holds it. Re-acquiring a lock this
+        process holds succeeds.
+        """
+        key, db, me = _lock_key(execution_id), self._db(b"locks"), _locks.current_process()
+
+        def work(txn: Any) -> None:
+            raw = txn.get(key, db=db)
+            holder = _locks.decode_lock(raw) if raw is not None else None
+            if holder is not None and not _locks.is_same_process(holder, me) and _locks.is_alive(holder):
+                raise ExecutionLockedError(_locked_message(execution_id, holder, self.path))
+            txn.put(key, _locks.encode_lock(me), db=db)
+
+        self._transact("acquire_lock", work, write=True)
+
+    def release_lock(self, execution_id: str) -> None:
+        """Release this process's lock on ``execution_id``; a lock held by another process is left alone."""
+        key, db, me = _lock_key(execution_id), self._db(b"locks"), _locks.current_process()
+
+        def work(txn: Any) -> None:
+            raw = txn.get(key, db=db)
+            holder = _locks.decode_lock(raw) if raw is not None else None
+            if holder is not None and _locks.is_same_process(holder, me):
+                txn.delete(key, db=db)
+
+        self._transact("release_lock", work, write=True)
+
+    def break_lock(self, execution_id: str) -> bool:
+        """Remove the lock on ``execution_id`` whoever holds it (for a holder on another host that is
+        known to be gone); returns whether there was one."""
+        key, db = _lock_key(execution_id), self._db(b"locks")
+        return cast(bool, self._transact("break_lock", lambda txn: txn.delete(key, db=db), write=True))
+
+    def lock_holder(self, execution_id: str) -> dict[str, Any] | None:
+        """The recorded holder of the lock on ``execution_id`` (``pid``, ``create_time``, ``hostname``),
+        or None. The holder may have died; ``acquire_lock`` decides that."""
+        key, db = _lock_key(execution_id), self._db(b"locks")
+        raw = self._transact("lock_holder", lambda txn: txn.get(key, db=db), write=False)
+        holder = _locks.decode_lock(raw) if raw is not None else None
+        return dict(holder) if holder is not None else None
+
+    def lock_is_held(self, execution_id: str) -> bool:
+        """Whether a live process holds the lock on ``execution_id`` (the same check as
+        ``acquire_lock``'s; a holder on another host counts as live)."""
+        key, db = _lock_key(execution_id), self._db(b"locks")
+        raw = self._transact("lock_is_held", lambda txn: txn.get(key, db=db), write=False)
+        holder = _locks.decode_lock(raw) if raw is not None else None
+        return holder is not None and _locks.is_alive(holder)
+
+
+class Store(_SideTables):
     """One durablemap store: an LMDB environment in a directory, shared by many executions.
 
     Thread-safe. Use ``Store.open`` (or ``Store.for_process`` in workers), not the constructor.
@@ -176,6 +292,8 @@ class Store:
         """Store one record in its own durable transaction."""
         db = self._db(b"records")
         self._transact("put", lambda txn: txn.put(key, value, db=db), write=True)
+        if _commit_hook is not None:
+            _commit_hook([(key, value)])
 
     def put_many(self, pairs: Iterable[tuple[bytes, bytes]]) -> None:
         """Store many records in one durable transaction (the group commit of a map's items)."""
@@ -183,6 +301,8 @@ class Store:
         items = pairs if isinstance(pairs, list) else list(pairs)
         db = self._db(b"records")
         self._transact("put_many", lambda txn: txn.cursor(db=db).putmulti(items), write=True)
+        if _commit_hook is not None:
+            _commit_hook(items)
 
     def put_columns(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
         """Store ``values[i]`` under ``keys[i]`` in one durable transaction: ``put_many`` without
@@ -194,6 +314,8 @@ class Store:
         # zip inside the work function: a transaction retried after a resize needs a fresh one.
         self._transact("put_columns", lambda txn: txn.cursor(db=db).putmulti(zip(keys, values, strict=True)),
                        write=True)
+        if _commit_hook is not None:
+            _commit_hook(list(zip(keys, values, strict=True)))
 
     def scan(self, prefix: bytes) -> Generator[tuple[bytes, bytes], None, None]:
         """Every record whose key starts with ``prefix``, in key order, from one consistent snapshot.
@@ -306,84 +428,6 @@ class Store:
             return count
 
         return cast(int, self._transact("count_prefix", work, write=False))
-
-    # -- small side tables -----------------------------------------------------------------------
-
-    def index_put(self, name: str, key: bytes, value: bytes) -> None:
-        """Set ``key`` to ``value`` in side table ``name`` (durably)."""
-        full, db = _index_key(name, key), self._db(b"index")
-        self._transact("index_put", lambda txn: txn.put(full, value, db=db), write=True)
-
-    def index_get(self, name: str, key: bytes) -> bytes | None:
-        """The value of ``key`` in side table ``name``, or None."""
-        full, db = _index_key(name, key), self._db(b"index")
-        return cast(bytes | None, self._transact("index_get", lambda txn: txn.get(full, db=db), write=False))
-
-    def index_scan(self, name: str) -> Iterator[tuple[bytes, bytes]]:
-        """Every ``(key, value)`` of side table ``name``, in key order (read at once: tables are small)."""
-        prefix, db = _index_key(name, b""), self._db(b"index")
-
-        def work(txn: Any) -> list[tuple[bytes, bytes]]:
-            cursor = txn.cursor(db=db)
-            rows: list[tuple[bytes, bytes]] = []
-            if cursor.set_range(prefix):
-                for key, value in cursor.iternext():
-                    if not key.startswith(prefix):
-                        break
-                    rows.append((key[len(prefix) :], value))
-            return rows
-
-        return iter(cast(list[tuple[bytes, bytes]], self._transact("index_scan", work, write=False)))
-
-    def index_delete(self, name: str, key: bytes) -> bool:
-        """Remove ``key`` from side table ``name``; returns whether it was there."""
-        full, db = _index_key(name, key), self._db(b"index")
-        return cast(bool, self._transact("index_delete", lambda txn: txn.delete(full, db=db), write=True))
-
-    # -- execution locks -------------------------------------------------------------------------
-
-    def acquire_lock(self, execution_id: str) -> None:
-        """Lock ``execution_id`` for this process, taking over a lock left by a dead process.
-
-        Raises ``ExecutionLockedError`` when another live process holds it. Re-acquiring a lock this
-        process holds succeeds.
-        """
-        key, db, me = _lock_key(execution_id), self._db(b"locks"), _locks.current_process()
-
-        def work(txn: Any) -> None:
-            raw = txn.get(key, db=db)
-            holder = _locks.decode_lock(raw) if raw is not None else None
-            if holder is not None and not _locks.is_same_process(holder, me) and _locks.is_alive(holder):
-                raise ExecutionLockedError(_locked_message(execution_id, holder, self.path))
-            txn.put(key, _locks.encode_lock(me), db=db)
-
-        self._transact("acquire_lock", work, write=True)
-
-    def release_lock(self, execution_id: str) -> None:
-        """Release this process's lock on ``execution_id``; a lock held by another process is left alone."""
-        key, db, me = _lock_key(execution_id), self._db(b"locks"), _locks.current_process()
-
-        def work(txn: Any) -> None:
-            raw = txn.get(key, db=db)
-            holder = _locks.decode_lock(raw) if raw is not None else None
-            if holder is not None and _locks.is_same_process(holder, me):
-                txn.delete(key, db=db)
-
-        self._transact("release_lock", work, write=True)
-
-    def break_lock(self, execution_id: str) -> bool:
-        """Remove the lock on ``execution_id`` whoever holds it (for a holder on another host that is
-        known to be gone); returns whether there was one."""
-        key, db = _lock_key(execution_id), self._db(b"locks")
-        return cast(bool, self._transact("break_lock", lambda txn: txn.delete(key, db=db), write=True))
-
-    def lock_holder(self, execution_id: str) -> dict[str, Any] | None:
-        """The recorded holder of the lock on ``execution_id`` (``pid``, ``create_time``, ``hostname``),
-        or None. The holder may have died; ``acquire_lock`` decides that."""
-        key, db = _lock_key(execution_id), self._db(b"locks")
-        raw = self._transact("lock_holder", lambda txn: txn.get(key, db=db), write=False)
-        holder = _locks.decode_lock(raw) if raw is not None else None
-        return dict(holder) if holder is not None else None
 
 
 def _locked_message(execution_id: str, holder: _locks.LockHolder, path: str) -> str:

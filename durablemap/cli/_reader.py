@@ -7,12 +7,9 @@ store and after a job was killed. Scans are streamed: a map of 200,000 items is 
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-
-import psutil
 
 from durablemap._errors import StoreError
 from durablemap._records import BATCH_SUB_TYPES, ITEM_SUB_TYPES, Record, Status, SubType, decode_record, path_of
@@ -85,22 +82,6 @@ class Execution:
                 "error": self.error}
 
 
-def _holder_alive(store: Store, execution_id: str) -> bool:
-    holder = store.lock_holder(execution_id)
-    if holder is None:
-        return False
-    if holder.get("hostname") != socket.gethostname():
-        return True
-    try:
-        process = psutil.Process(int(holder["pid"]))
-        return bool(process.status() != psutil.STATUS_ZOMBIE
-                    and abs(process.create_time() - float(holder["create_time"])) < 1.0)
-    except (psutil.NoSuchProcess, KeyError, ValueError, TypeError):
-        return False
-    except psutil.AccessDenied:
-        return True
-
-
 def _status(record: Record, running: bool) -> str:
     if record.status in (Status.SUCCEEDED, Status.FAILED):
         return str(record.status)
@@ -119,7 +100,7 @@ def load_execution(store: Store, execution_id: str, *, counts: bool = True) -> E
         raise CliError(f"no execution {execution_id!r} in store {store.path}; `durablemap ls` lists them")
     record = decode_record(raw, f"execution {execution_id!r}")
     execution = Execution(
-        execution_id, record.get("handler") or record.name, _status(record, _holder_alive(store, execution_id)),
+        execution_id, record.get("handler") or record.name, _status(record, store.lock_is_held(execution_id)),
         record.get("created"), record.get("started"), record.get("ended"), int(record.get("runs", 0)),
         record.error, record.get("pid"))
     if counts:

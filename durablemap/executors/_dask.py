@@ -36,7 +36,9 @@ from typing import Any
 from distributed import Client, KilledWorker
 
 from durablemap._errors import ValidationError
-from durablemap._worker import ChunkResult, MapSpec
+from durablemap._faults import Death
+from durablemap._slots import SlotState
+from durablemap.executors._base import ChunkResult, MapSpec
 from durablemap.executors._journal import RemoteMap, remote_payload, run_remote_chunk
 
 __all__ = ["DaskExecutor"]
@@ -57,7 +59,7 @@ class DaskExecutor:
     durablemap and whatever the map's function imports installed.
     """
 
-    has_slots = False
+    slots = None
     chunk_seconds = 0.25  # a Dask task costs a scheduler round trip: chunks of about this much work
     shares_store = False  # items' records travel back; workers need no access to the store
     client: Any  # distributed.Client (typed Any: distributed's annotations are partial)
@@ -138,6 +140,25 @@ class DaskExecutor:
         """Dask gave up on a chunk whose workers kept dying, or lost the worker holding it."""
         return isinstance(error, KilledWorker | CancelledError) or type(error).__name__ in {
             "CommClosedError", "FutureCancelledError"}
+
+    def chunks_in_flight(self) -> int:
+        """Two per worker thread: one running, one queued behind it."""
+        return 2 * self.workers
+
+    def settle_break(self, futures: Sequence[Future[ChunkResult]]) -> None:
+        """Dask fails only the lost worker's chunks: the others run on, collected as usual."""
+
+    def deaths(self, token: int) -> list[Death] | None:
+        """Dask does not say which item a lost worker ran: lost chunks tell (names_culprit)."""
+        return None
+
+    def running(self, token: int) -> list[SlotState]:
+        """Items on Dask keep their own time (a thread per item on the worker)."""
+        return []
+
+    def kill_worker(self, pid: int) -> str:
+        """Not used: items on Dask are timed on the worker."""
+        return ""
 
     def names_culprit(self, error: BaseException) -> bool:
         """Whether a chunk lost with ``error`` was itself running when its worker died (KilledWorker),

@@ -32,7 +32,8 @@ from durablemap._state import ExecutionState
 from durablemap._store import Store
 from durablemap._store._interface import MemoryRecords, RecordStore
 from durablemap._store._keys import COMPONENT_SIZE
-from durablemap._worker import ChunkResult, MapSpec, run_chunk
+from durablemap._worker import run_chunk
+from durablemap.executors._base import ChunkResult, MapSpec
 from durablemap.executors._loky import describe_unpicklable
 
 __all__ = ["Journal", "Op", "RemoteMap", "RemoteState", "remote_payload", "run_remote_chunk"]

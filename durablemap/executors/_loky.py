@@ -8,8 +8,9 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -17,8 +18,10 @@ import cloudpickle
 from loky import get_reusable_executor
 
 from durablemap._errors import ValidationError
-from durablemap._slots import Slots
-from durablemap._worker import ChunkResult, MapSpec, init_worker, run_chunk_from_file
+from durablemap._faults import Death
+from durablemap._slots import Slots, SlotState
+from durablemap._worker import init_worker, run_chunk_from_file
+from durablemap.executors._base import ChunkResult, MapSpec
 from durablemap.executors._leftovers import quiet_resource_tracker, sweep_dead_jobs
 
 __all__ = ["LokyExecutor", "default_workers", "describe_unpicklable"]
@@ -52,7 +55,7 @@ class LokyExecutor:
     """Runs chunks in loky worker processes; a map's function and inputs are written once to a
     file that each worker loads once."""
 
-    has_slots = True
+    chunk_seconds = 0.05  # large enough to hide what a loky task costs (~0.15 ms)
     shares_store = True  # workers on this machine open the store themselves and commit their chunks
 
     def __init__(self, workers: int | None = None) -> None:
@@ -88,9 +91,40 @@ class LokyExecutor:
         future: Future[ChunkResult] = self._pool().submit(run_chunk_from_file, ref, indexes)
         return future
 
+    def chunks_in_flight(self) -> int:
+        """Two per worker: one running, one queued behind it."""
+        return 2 * self.workers
+
     def is_broken(self, error: BaseException) -> bool:
         """loky breaks the whole pool when one worker dies."""
         return isinstance(error, BrokenProcessPool)
+
+    def settle_break(self, futures: Sequence[Future[ChunkResult]]) -> None:
+        """loky fails every chunk in flight, then kills the surviving workers: wait for both, so that
+        a record one of them commits in that window is seen, and no item of it runs twice."""
+        wait(futures, timeout=30)
+        deadline = time.monotonic() + 10
+        while self.slots.live_pids() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def deaths(self, token: int) -> list[Death] | None:
+        """The dead workers' slots that name an item of map ``token``, with the evidence each left."""
+        return [Death(s.index, self.slots.died_by_own_hand(s), s.pid) for s in self.slots.dead_running(token)]
+
+    def names_culprit(self, error: BaseException) -> bool:
+        """Not used: slots name the items (deaths)."""
+        return False
+
+    def running(self, token: int) -> list[SlotState]:
+        """The slots of workers running an item of map ``token``."""
+        return self.slots.running(token)
+
+    def kill_worker(self, pid: int) -> str:
+        """Dump the worker's stack to its stack file, read it, then SIGKILL the worker."""
+        stack = _dump_stack(self.slots.directory, pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        return stack
 
     def restart(self) -> None:
         """loky hands out a fresh pool once the broken one is gone."""
@@ -134,3 +168,21 @@ def _picklable(obj: Any) -> bool:
     except Exception:
         return False
     return True
+
+
+def _dump_stack(directory: str, pid: int) -> str:
+    """What the worker ``pid`` is running: faulthandler writes all its threads' stacks to its stack
+    file on SIGUSR1 (see ``_worker.init_worker``)."""
+    path = os.path.join(directory, f"{pid}.stack")
+    try:
+        before = os.path.getsize(path)
+        os.kill(pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and os.path.getsize(path) == before:
+            time.sleep(0.02)
+        time.sleep(0.05)
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            fh.seek(before)
+            return fh.read()
+    except OSError:
+        return ""

@@ -38,7 +38,7 @@ import psutil
 
 from durablemap._errors import ErrorObject, SerDesError, ValidationError
 from durablemap._records import Record, Status, decode_record
-from durablemap._store import Store, decode_key, execution_prefix, op_key, path_str
+from durablemap._store import Store, decode_key, execution_prefix, op_key, path_str, set_commit_hook
 from durablemap.lambda_service import OperationStatus, OperationSubType
 from durablemap.serdes import deserialize_value
 from durablemap.testing._runner import DurableFunctionTestResult, DurableTestRunner, InvocationStatus, _Snapshot
@@ -311,8 +311,7 @@ def _child_main() -> None:
         plan = json.load(fh)
     os.environ[_PLAN_ENV] = json.dumps(plan)  # loky workers inherit it
     _install_hooks(plan, in_worker=False)
-    import durablemap.executors._loky as loky_executor
-    loky_executor.init_worker = _init_worker_with_hooks  # type: ignore[attr-defined]
+    os.environ["DURABLEMAP_WORKER_SETUP"] = f"{__name__}:_worker_hooks"  # loky workers run it at start
 
     from durablemap._clock import Clock, VirtualClock
     handler = _resolve(plan["handler"])
@@ -327,35 +326,15 @@ def _child_main() -> None:
     sys.exit(0)
 
 
-def _init_worker_with_hooks(slot_dir: str, parent_pid: int) -> None:
-    """The loky worker initializer, plus the commit hook."""
-    from durablemap._worker import init_worker
-    init_worker(slot_dir, parent_pid)
+def _worker_hooks() -> None:
+    """Run by each loky worker at start ($DURABLEMAP_WORKER_SETUP): the commit hook."""
     _install_hooks(json.loads(os.environ[_PLAN_ENV]), in_worker=True)
 
 
 def _install_hooks(plan: dict[str, Any], *, in_worker: bool) -> None:
-    """Wrap this process's store commits: journal finished records, kill at the planned one."""
-    # Every way a record commits: one, many, or a group commit of keys and values.
-    put, put_many, put_columns = Store.put, Store.put_many, Store.put_columns
+    """Hook this process's store commits: journal finished records, kill at the planned one."""
     prefix = execution_prefix(plan["execution_id"])
-
-    def hooked_put(self: Store, key: bytes, value: bytes) -> None:
-        put(self, key, value)
-        _committed(plan, prefix, [(key, value)], in_worker)
-
-    def hooked_put_many(self: Store, pairs: Any) -> None:
-        pairs = list(pairs)
-        put_many(self, pairs)
-        _committed(plan, prefix, pairs, in_worker)
-
-    def hooked_put_columns(self: Store, keys: Any, values: Any) -> None:
-        put_columns(self, keys, values)
-        _committed(plan, prefix, list(zip(keys, values, strict=True)), in_worker)
-
-    Store.put_columns = hooked_put_columns  # type: ignore[method-assign]
-    Store.put = hooked_put  # type: ignore[method-assign]
-    Store.put_many = hooked_put_many  # type: ignore[method-assign]
+    set_commit_hook(lambda pairs: _committed(plan, prefix, pairs, in_worker))
 
 
 def _committed(plan: dict[str, Any], prefix: bytes, pairs: list[tuple[bytes, bytes]], in_worker: bool) -> None:

@@ -27,13 +27,12 @@ from typing import Any
 from durablemap._clock import Clock, VirtualClock
 from durablemap._errors import ErrorObject, SerDesError
 from durablemap._execution import DurableFunction, default_execution_id, durable_execution, make_executor
-from durablemap._map import _replay as replay_batch
 from durablemap._records import Record, Status, decode_record
 from durablemap._store import Store, decode_key, op_key, path_str
 from durablemap._store._interface import MemoryRecords, RecordStore
-from durablemap.config import MapConfig
 from durablemap.lambda_service import OperationStatus, OperationSubType, OperationType
 from durablemap.serdes import deserialize_value
+from durablemap.store import rebuild_batch_result
 
 __all__ = [
     "DurableFunctionTestResult",
@@ -223,7 +222,7 @@ class OperationView(_OperationSearch):
             if record.status == Status.FAILED:
                 return None
             try:
-                return replay_batch(self._snapshot, self.path, record, MapConfig())
+                return rebuild_batch_result(self._snapshot.store(), self._snapshot.execution_id, self.id)
             except SerDesError:
                 return None  # a custom serdes wrote it: the runner cannot know how to read it
         if record.payload is None or record.status != Status.SUCCEEDED:

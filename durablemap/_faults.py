@@ -1,0 +1,117 @@
+"""Fault attribution: which item killed a worker, what runs again, what is FAILED. Pure: no
+processes, no clock, no store; the coordinator feeds it what the executor saw and applies the verdict.
+
+The invariant (issue 14), checked by property tests over sequences of breaks:
+
+    an item is charged a crash only when it was running on a worker that died by its own hand
+    (or was killed by durablemap for it), and an item that never ran is never charged.
+
+Why "by its own hand": loky takes the whole pool down when one worker dies, so every worker that
+was running an item dies, and each one's slot still names its item. A dead worker says nothing of
+why it died, so the worker side leaves evidence: an ``os._exit`` marks its slot first, a fatal
+signal (segfault, abort) makes faulthandler write "Fatal Python error" to its stack file, and the
+coordinator knows the workers it killed itself (memory hard limit, item timeout). A worker killed
+with SIGKILL (the OOM killer, an operator, the item itself) leaves no evidence: its item is then
+*suspect*, not charged, and runs again alone. When a suspect running alone (nothing else of the map
+in flight) dies again without evidence, it is charged, together with the unexplained deaths it was
+suspected of (its worker did die each time); a suspect that finishes is cleared of them. A break
+with no item running (idle workers killed) charges nothing.
+
+Remote executors (Dask) fail only the chunks their lost workers ran: a lost chunk of one item names
+its culprit; a bigger lost chunk's items all become suspects, to run one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["Death", "FaultLedger", "Verdict"]
+
+
+@dataclass(frozen=True)
+class Death:
+    """A worker that died while running an item of the map."""
+
+    index: int  # the item its slot names
+    own_hand: bool  # evidence that the worker died of what it ran (os._exit, fatal signal, killed by us)
+    pid: int = 0
+
+
+@dataclass
+class Verdict:
+    """What to do with the items lost in one break."""
+
+    charged: list[int] = field(default_factory=list)  # crash counted against these
+    failed: list[int] = field(default_factory=list)  # charged up to max_crashes: record them FAILED
+    rerun: list[int] = field(default_factory=list)  # back to the queue (charged ones below the limit too)
+
+
+@dataclass
+class FaultLedger:
+    """The crash counts of one map's items and the suspects waiting to run alone."""
+
+    max_crashes: int
+    crashes: dict[int, int] = field(default_factory=dict)
+    suspects: set[int] = field(default_factory=set)
+    unexplained: dict[int, int] = field(default_factory=dict)  # suspect -> deaths not charged yet
+
+    def pool_broke(self, lost: Iterable[int], deaths: Iterable[Death], solo: bool,
+                   explained: bool = False) -> Verdict:
+        """A pool that fails every chunk in flight broke (loky). ``lost``: the items in flight whose
+        outcome is not recorded; ``deaths``: the workers that died running an item; ``solo``: the
+        round ran one suspect with nothing else of the map in flight; ``explained``: the
+        coordinator itself killed a worker (an item past its timeout), which explains the break."""
+        lost_set = set(lost)
+        deaths = [d for d in deaths if d.index in lost_set]  # a recorded item is done, whatever killed it
+        charged = {d.index for d in deaths if d.own_hand}
+        if not charged and solo and not explained:
+            charged = {d.index for d in deaths if d.index in self.suspects}
+        if not charged and not explained:
+            for death in deaths:
+                self.suspects.add(death.index)
+                self.unexplained[death.index] = self.unexplained.get(death.index, 0) + 1
+        return self._verdict(lost_set, charged)
+
+    def chunks_lost(self, lost: Iterable[int], culprit_chunks: Iterable[Collection[int]]) -> Verdict:
+        """A remote executor lost the chunks ``culprit_chunks`` with the workers running them (the
+        other ``lost`` items were only cancelled along): a chunk of one item names its culprit; a
+        bigger one's items become suspects, to run one by one."""
+        charged: set[int] = set()
+        for chunk in culprit_chunks:
+            if len(chunk) == 1:
+                charged.update(chunk)
+            else:
+                self.suspects.update(chunk)
+        return self._verdict(set(lost), charged & set(lost))
+
+    def timed_out(self, index: int) -> None:
+        """An item killed for its timeout is FAILED at once: it is no longer a suspect."""
+        self.suspects.discard(index)
+        self.unexplained.pop(index, None)
+
+    def recorded(self, indexes: Iterable[int]) -> None:
+        """Items whose outcome was recorded are no longer suspects."""
+        if self.suspects:
+            for index in indexes:
+                self.suspects.discard(index)
+                self.unexplained.pop(index, None)
+
+    def _verdict(self, lost: set[int], charged: set[int]) -> Verdict:
+        verdict = Verdict(charged=sorted(charged))
+        for index in sorted(lost):
+            if index in charged:
+                count = self.crashes.get(index, 0) + 1 + self.unexplained.pop(index, 0)
+                self.crashes[index] = count
+                if count >= self.max_crashes:
+                    verdict.failed.append(index)
+                    self.suspects.discard(index)
+                    continue
+                self.suspects.add(index)  # it may have been unlucky: next time it runs alone
+            verdict.rerun.append(index)
+        return verdict
+
+
+def seed(max_crashes: int, crashes: Mapping[int, int]) -> FaultLedger:
+    """A ledger holding the crash counts earlier runs recorded."""
+    return FaultLedger(max_crashes, dict(crashes))
