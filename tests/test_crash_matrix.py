@@ -4,17 +4,28 @@
 2. idle workers killed 8 times: no item is FAILED (none was running on a worker that died of it);
 3. many poison items among tiny ones on 2 workers: the job never dies of a broken pool (loky's
    TerminatedWorkerError raised by submit() while the pool breaks is a break like any other).
+
+A table of small bad callables (loky's tests/_executor_mixin.py and test_reusable_executor.py are the
+model), each run as one item of a map beside healthy ones through one parametrised test: whatever the
+item does (os._exit, SIGKILL of itself, a segfault, SystemExit, KeyboardInterrupt), only that item is
+FAILED, with an error naming what happened, a re-run replays the failure, and no child process is
+left afterwards.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
+from loky import get_reusable_executor
 
 from durablemap import BatchItemStatus, BatchResult, DurableContext, durable_execution
 from durablemap.config import MapConfig
@@ -86,3 +97,88 @@ def test_many_poison_items_never_kill_the_job(tmp_path: Path) -> None:
     assert [item.index for item in result.failed()] == list(range(199, 2000, 200))
     assert len(result.succeeded()) == 1990
     assert all(item.result == item.index ** 2 for item in result.succeeded())
+
+
+# -- the table of bad callables ------------------------------------------------------------------
+def os_exit() -> None:
+    os._exit(3)
+
+
+def sigkill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+def system_exit() -> None:
+    sys.exit(3)
+
+
+def keyboard_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+# name -> (callable, the recorded error type, words of its message, whether it kills the process)
+BAD: dict[str, tuple[Callable[[], None], str, str, bool]] = {
+    "os._exit": (os_exit, "durablemap.WorkerCrashedError", "died (exit code", True),
+    "SIGKILL": (sigkill_self, "durablemap.WorkerCrashedError", "died (", True),
+    "segfault": (segfault, "durablemap.WorkerCrashedError", "died (", True),
+    "SystemExit": (system_exit, "SystemExit", "raised SystemExit(3)", False),
+    "KeyboardInterrupt": (keyboard_interrupt, "KeyboardInterrupt", "raised KeyboardInterrupt()", False),
+}
+
+CASES = [(name, "loky") for name in BAD] + [(name, "inline") for name, bad in BAD.items() if not bad[3]]
+
+
+def bad_on_five(ctx: DurableContext, item: dict[str, str], index: int, items: Any) -> int:
+    if index == 5:
+        Path(item["dir"], f"attempt-{time.monotonic_ns()}").touch()
+        BAD[item["how"]][0]()
+    time.sleep(0.01)
+    return index * 2
+
+
+@durable_execution
+def matrix(event: dict[str, str], context: DurableContext) -> BatchResult[int]:
+    return context.map([event] * 12, bad_on_five, name="matrix", config=MapConfig(max_worker_crashes=3))
+
+
+def _children() -> list[psutil.Process]:
+    """This process's live descendants, leaving out the resource trackers of loky and
+    multiprocessing: helpers that live as long as this process, whatever the pools do."""
+    alive = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(child.cmdline()):
+                alive.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return alive
+
+
+@pytest.fixture
+def no_children_left() -> Iterator[None]:
+    """After the test, the pool's workers are stopped and no child process of this one is left."""
+    yield
+    get_reusable_executor().shutdown(wait=True, kill_workers=True)
+    _, alive = psutil.wait_procs(_children(), timeout=10)
+    assert not alive, f"child processes left: {[p.pid for p in alive]}"
+
+
+@pytest.mark.parametrize(("how", "executor"), CASES)
+def test_a_bad_item_fails_alone(tmp_path: Path, how: str, executor: str, no_children_left: None) -> None:
+    _, error_type, words, kills = BAD[how]
+    event = {"dir": str(tmp_path), "how": how}
+    result = matrix.run(event, store=tmp_path / "s", executor=executor, workers=2, progress=False)
+    assert result.get_results() == [i * 2 for i in range(12) if i != 5]
+    (failed,) = result.failed()
+    assert failed.index == 5 and failed.error is not None
+    assert failed.error.type == error_type, failed.error
+    assert words in (failed.error.message or ""), failed.error.message
+    attempts = len(list(tmp_path.glob("attempt-*")))
+    assert attempts == (3 if kills else 1)  # a crash is retried up to max_worker_crashes; an exit is not
+    again = matrix.run(event, store=tmp_path / "s", executor=executor, workers=2, progress=False)
+    assert again.to_dict() == result.to_dict()
+    assert len(list(tmp_path.glob("attempt-*"))) == attempts  # replayed, not run again
