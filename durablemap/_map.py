@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
 from operator import countOf
@@ -153,10 +154,13 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
     op_id = path_str(path)
     flat = config.nesting_type == NestingType.FLAT
     put = RecordWriter(state.store(), key, Kind.CONTEXT, name, sub_type).put
+    # One [start, end] per run of this map (see _timings); this run's end is set when it finishes.
+    timeline = [*(record.get("timeline") or [] if record is not None else []), [time.time(), None]]
 
     def fail(exc: BaseException) -> ChildContextError:
         error = ErrorObject.from_exception(exc)
-        put(Status.FAILED, error=error.to_dict(), meta={"inputs": len(inputs), "flat": flat})
+        timeline[-1][1] = time.time()
+        put(Status.FAILED, error=error.to_dict(), meta={"inputs": len(inputs), "flat": flat, "timeline": timeline})
         return error.to_operation_error(ChildContextError)  # type: ignore[return-value]
 
     try:
@@ -173,8 +177,8 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
     spec.worker_memory_limit = limits.worker_limit
     ref = executor.publish(spec)
     try:
-        if record is None:
-            put(Status.STARTED, meta={"inputs": len(inputs), "flat": flat})
+        if record is None or record.status == Status.STARTED:  # first run, or a resume: a new segment
+            put(Status.STARTED, meta={"inputs": len(inputs), "flat": flat, "timeline": timeline})
         prior = _read_prior(state, path, inputs, item_serdes, names, item_sub_type,
                             config.recompute_changed_inputs) if record else Prior()
         predicate = config.completion_config.should_complete
@@ -195,6 +199,10 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
     meta = {"inputs": len(inputs), "flat": flat, "reason": outcome.reason.value, "total": len(outcome.items),
             "started": outcome.started, "succeeded": outcome.succeeded, "failed": outcome.failed,
             **coordinator.memory_meta()}
+    timeline[-1][1] = time.time()
+    meta["timeline"] = timeline
+    if record is not None and record.get("memory_samples") and meta.get("memory_samples") is not None:
+        meta["memory_samples"] = [*record.get("memory_samples"), *meta["memory_samples"]]  # a retry's too
     return _record_result(result, meta, config, put, fail, op_id, state.execution_id, spec.flat)
 
 

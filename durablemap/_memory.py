@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["ItemMemory", "MemoryLimits", "MemoryMonitor", "ignore_recycling_warning", "init_item_memory", "note_peak",
            "start_monitor"]
 
+_MAX_SERIES = 512  # memory samples kept per map run
 _log = logging.getLogger("durablemap")
 
 _HARD_FACTOR = 1.5  # a worker this many times over its soft limit is killed mid-item
@@ -127,6 +128,10 @@ class MemoryMonitor:
         self.last = self._read()
         self.peak_total = self.last.total
         self.samples = 0
+        # Memory over time for the map's record (the report draws it): [wall time, coordinator RSS,
+        # workers' RSS], every sample until _MAX_SERIES, then every other one, and so on.
+        self.series: list[list[float]] = []
+        self._stride = 1
         self.expected = 0  # the largest growth of one item seen so far, in bytes
         self.killed: dict[int, int] = {}  # pid -> RSS when killed at the hard limit
         self.wait_seconds = 0.0
@@ -158,11 +163,19 @@ class MemoryMonitor:
             sample = self.last = self._read()
             self.samples += 1
             self.peak_total = max(self.peak_total, sample.total)
+            self._keep(sample)
             if self.slots is not None:
                 growths = [state.growth for state in self.slots.read_all()]
                 self.expected = max([self.expected, *growths])
         self._enforce(sample)
         return sample
+
+    def _keep(self, sample: Sample) -> None:
+        if self.samples % self._stride:
+            return
+        self.series.append([round(time.time(), 3), sample.coordinator, sum(sample.workers.values())])
+        if len(self.series) >= _MAX_SERIES:
+            self.series, self._stride = self.series[::2], self._stride * 2
 
     def _enforce(self, sample: Sample) -> None:
         hard = self.limits.hard_limit
@@ -242,7 +255,8 @@ class MemoryMonitor:
     def meta(self) -> dict[str, Any]:
         """The map record's memory figures."""
         self._release()
-        return {"peak_total_rss": self.peak_total, "memory_wait_seconds": round(self.wait_seconds, 3)}
+        return {"peak_total_rss": self.peak_total, "memory_wait_seconds": round(self.wait_seconds, 3),
+                "memory_samples": self.series}
 
 
 def start_monitor(executor: Executor, limits: MemoryLimits | None, map_name: str,

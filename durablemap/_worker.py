@@ -12,6 +12,7 @@ item (steps, waits, child contexts, nested maps) write their own records to the 
 from __future__ import annotations
 
 import faulthandler
+import functools
 import importlib
 import os
 import signal
@@ -42,6 +43,7 @@ from durablemap._memory import init_item_memory, note_peak
 from durablemap._records import Kind, Record, Status, encode_inline_item, encode_record, item_keys, record_head
 from durablemap._slots import SlotWriter
 from durablemap._store import path_str
+from durablemap._timings import chunk_meta, stamp_chunk
 from durablemap.executors._base import ChunkResult, MapSpec
 from durablemap.serdes import (
     deserialize_value,
@@ -120,7 +122,7 @@ def run_chunk_from_file(ref: tuple[int, str], indexes: Sequence[int]) -> ChunkRe
 def run_chunk(spec: MapSpec, indexes: Sequence[int]) -> ChunkResult:
     """Run the items at ``indexes`` one after another; stop at an error that ends the execution."""
     global _depth
-    start = time.perf_counter()
+    start, wall, clock = time.perf_counter(), time.time(), time.monotonic()
     _depth += 1  # a nested map's chunk runs inside an item: the slot keeps naming the outer item
     slot = _slot if _depth == 1 else None
     result = ChunkResult(spec.token, indexes, [], [], {}, 0.0)
@@ -130,11 +132,15 @@ def run_chunk(spec: MapSpec, indexes: Sequence[int]) -> ChunkResult:
         with paused():
             plain = spec.item_serdes is None and spec.names is None and not spec.timeout_in_worker
             run = _run_plain_items if plain else _run_any_items
-            _run_watched(spec, indexes, result, slot, run)
+            marks: list[float] = []  # the clock before each item, then after the last (see _timings)
+            _run_watched(spec, indexes, result, slot, functools.partial(run, marks=marks))
+            marks.append(time.monotonic())
             if slot is not None:
                 slot.end()
             if result.fatal is not None:
                 result.indexes = indexes[:len(result.records)]
+            if result.records:  # the chunk's timings go in its last record (see _timings)
+                stamp_chunk(result.records, chunk_meta(wall + marks[0] - clock, result.indexes, marks))
             result.elapsed = time.perf_counter() - start
             if spec.commit_in_worker and result.records:
                 # Records committed here, durably, before the results go back: the coordinator then
@@ -169,12 +175,13 @@ def _fatal(exc: BaseException, index: int) -> dict[str, Any]:
 
 
 def _run_any_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
-                   slot: SlotWriter | None) -> dict[str, Any] | None:
-    """Run items one by one into ``result``; the error that ends the execution, if one does."""
+                   slot: SlotWriter | None, marks: list[float]) -> dict[str, Any] | None:
+    """Run items one by one into ``result``, appending ``time.monotonic()`` to ``marks`` before
+    each; the error that ends the execution, if one does."""
     records, values, errors, token = result.records, result.values, result.errors, spec.token
+    mark, clock = marks.append, time.monotonic
     for index in indexes:
-        if slot is not None:
-            slot.begin(token, index)
+        mark(slot.begin(token, index) if slot is not None else clock())
         try:
             if spec.timeout_in_worker and spec.item_timeout:
                 value, record, error = _run_item_within(spec, index, spec.item_timeout)
@@ -190,7 +197,7 @@ def _run_any_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
 
 
 def _run_plain_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
-                     slot: SlotWriter | None) -> dict[str, Any] | None:
+                     slot: SlotWriter | None, marks: list[float]) -> dict[str, Any] | None:
     """``_run_any_items`` for the common case (default serdes, default item names), with
     ``run_item``'s work inlined: this loop is most of a tiny item's cost."""
     records, values, errors, token = result.records, result.values, result.errors, spec.token
@@ -203,9 +210,12 @@ def _run_plain_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
     # Only items of a millisecond or more are measured for memory: tiny items skip the call.
     memory, monotonic, measure = _memory._item_memory, time.monotonic, _memory.MEASURE_SECONDS
     started = 0.0
+    mark = marks.append  # the item's start, from the slot's clock read when there is a slot
     for index in indexes:
         if slot is not None:
-            started = slot.begin(token, index)
+            mark(started := slot.begin(token, index))
+        else:
+            mark(monotonic())
         state.item_index = index
         item = inputs[index]
         fp = fingerprint(item) if fingerprints else None

@@ -1,7 +1,7 @@
 """The ``durablemap`` command (also ``python -m durablemap``): run a handler, and inspect a store.
 
     run MODULE:HANDLER | path/file.py:HANDLER   run or resume an execution (exit 0 / 1 / 130)
-    ls | show ID | failures ID | export ID --map NAME                       read-only, no lock
+    ls | show ID | failures ID | top ID | export ID --map NAME | report ID  read-only, no lock
     rm ID | gc --older-than 7d                      remove executions, then compact the store file
     compact                                         give the store's free space back to the disk
 
@@ -30,10 +30,12 @@ from durablemap._errors import StoreError
 from durablemap._execution import default_execution_id, default_store_path
 from durablemap._store import compact as compact_store
 from durablemap._store import execution_prefix, path_str
+from durablemap._timings import slowest
 from durablemap.cli import _reader
 from durablemap.cli._load import load_handler
 from durablemap.cli._reader import CliError
-from durablemap.cli._render import render_executions, render_failures, render_tree
+from durablemap.cli._render import render_executions, render_failures, render_slowest, render_tree
+from durablemap.cli._timing import MapTimes, map_path
 
 __all__ = ["main"]
 
@@ -205,12 +207,25 @@ def show(execution_id: str, store: str | None, max_items: int, as_json: bool) ->
         with _reader.open_store(_store_path(store)) as handle:
             execution = _reader.load_execution(handle, execution_id)
             tree = _reader.operation_tree(handle, execution_id, max_items)
+            times = MapTimes(handle, execution_id)
+            if as_json:
+                _echo_json({**execution.to_json(), "operations": [_timed(node.to_json(), times) for node in tree]})
+            else:
+                render_tree(execution, tree, times)
     except CliError as exc:
         _die(str(exc))
-    if as_json:
-        _echo_json({**execution.to_json(), "operations": [node.to_json() for node in tree]})
-    else:
-        render_tree(execution, tree)
+
+
+def _timed(node: dict[str, Any], times: MapTimes) -> dict[str, Any]:
+    """``show --json``'s node with ``timing`` on items (start, duration, pid, attempt) and maps (runs)."""
+    if node.get("sub_type") in _reader.ITEM_TYPES:
+        path = map_path(node["id"])
+        took = times.of(path[:-1], path[-1])
+        node["timing"] = took.to_json() if took is not None else None
+    elif "timeline" in node.get("meta", {}):
+        node["timing"] = {"runs": node["meta"]["timeline"]}
+    node["children"] = [_timed(child, times) for child in node.get("children", [])]
+    return node
 
 
 @main.command()
@@ -223,12 +238,81 @@ def failures(execution_id: str, store: str | None, as_json: bool) -> None:
         with _reader.open_store(_store_path(store)) as handle:
             execution = _reader.load_execution(handle, execution_id, counts=False)
             found = _reader.iter_failures(handle, execution_id)
+            times = MapTimes(handle, execution_id)
             if as_json:
-                _stream_json_list(f.to_json() for f in found)
+                _stream_json_list(_failure_json(f, times) for f in found)
             else:
-                render_failures(execution, found)
+                render_failures(execution, found, times)
     except CliError as exc:
         _die(str(exc))
+
+
+def _failure_json(failure: Any, times: MapTimes) -> dict[str, Any]:
+    took = times.of(map_path(failure.map_id), failure.index)
+    return {**failure.to_json(), "timing": took.to_json() if took is not None else None}
+
+
+@main.command()
+@click.argument("execution_id")
+@click.option("--map", "map_name", default=None, help="Only this map (its name or operation id).")
+@click.option("-n", "count", type=click.IntRange(min=1), default=10, show_default=True,
+              help="How many items to list.")
+@_store_option
+@_json_option
+def top(execution_id: str, map_name: str | None, count: int, store: str | None, as_json: bool) -> None:
+    """List the slowest items of execution ID (of every map, or of --map): duration, start, worker, attempt."""
+    try:
+        with _reader.open_store(_store_path(store)) as handle:
+            _reader.load_execution(handle, execution_id, counts=False)
+            maps = (_reader.find_maps(handle, execution_id, map_name) if map_name is not None
+                    else _report_maps(handle, execution_id))
+            if map_name is not None and not maps:
+                raise CliError(f"execution {execution_id!r} has no map named {map_name!r}; "
+                               f"`durablemap show {execution_id}` lists its operations")
+            rows: list[tuple[str, str | None, Any]] = []
+            for path, record in maps:
+                timeline = list(record.get("timeline") or [])
+                rows.extend((path_str(path), record.name, t)
+                            for t in slowest(handle, execution_id, path, count, timeline))
+            rows = sorted(rows, key=lambda row: -row[2].duration)[:count]
+    except CliError as exc:
+        _die(str(exc))
+    if as_json:
+        _echo_json([{"map": name, "map_id": map_id, **t.to_json()} for map_id, name, t in rows])
+    else:
+        render_slowest(rows)
+
+
+def _report_maps(handle: Any, execution_id: str) -> list[tuple[tuple[int, ...], Any]]:
+    from durablemap._report import maps_of
+    return maps_of(handle, execution_id)
+
+
+@main.command()
+@click.argument("execution_id")
+@click.option("-o", "--output", metavar="FILE", default=None,
+              help="Write the report here (default: durablemap-report-ID.html in the current directory).")
+@_store_option
+def report(execution_id: str, output: str | None, store: str | None) -> None:
+    """Write one self-contained HTML file (opens offline) showing what execution ID did: items
+    finished over time, chunks per worker, item durations, memory, failures, configuration and
+    totals. Needs durablemap[report] (Bokeh)."""
+    from durablemap._report import render_report
+    path = output or f"durablemap-report-{re.sub(r'[^A-Za-z0-9_.-]', '_', execution_id)}.html"
+    try:
+        with _reader.open_store(_store_path(store)) as handle:
+            execution = _reader.load_execution(handle, execution_id)
+            try:
+                page = render_report(handle, execution)
+            except ImportError as exc:
+                raise CliError(str(exc)) from None
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(page)
+    except CliError as exc:
+        _die(str(exc))
+    except OSError as exc:
+        _die(f"cannot write the report to {path}: {exc}")
+    click.echo(f"wrote {path} ({len(page) / 1e6:.1f} MB)", err=True)
 
 
 def _stream_json_list(rows: Iterator[dict[str, Any]]) -> None:

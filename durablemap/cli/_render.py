@@ -8,9 +8,11 @@ from collections.abc import Iterable
 import click
 
 from durablemap._store import path_str
-from durablemap.cli._reader import Execution, Failure, Node
+from durablemap._timings import ItemTime
+from durablemap.cli._reader import ITEM_TYPES, Execution, Failure, Node
+from durablemap.cli._timing import MapTimes, describe, map_path, run_summary
 
-__all__ = ["format_duration", "render_executions", "render_failures", "render_tree"]
+__all__ = ["format_duration", "render_executions", "render_failures", "render_slowest", "render_tree"]
 
 
 def _when(timestamp: float | None) -> str:
@@ -23,6 +25,8 @@ def format_duration(seconds: float | None) -> str:
     """``1.2s``, ``3m04s``, ``2h05m``; ``-`` when unknown."""
     if seconds is None:
         return "-"
+    if seconds < 0.1:
+        return f"{seconds * 1000:.1f}ms"
     if seconds < 60:
         return f"{seconds:.1f}s"
     minutes, secs = divmod(int(seconds), 60)
@@ -45,18 +49,18 @@ def render_executions(executions: list[Execution]) -> None:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-def render_tree(execution: Execution, tree: list[Node]) -> None:
-    """The ``show`` tree."""
+def render_tree(execution: Execution, tree: list[Node], times: MapTimes | None = None) -> None:
+    """The ``show`` tree (with each listed item's duration when ``times`` are given)."""
     click.echo(f"execution {execution.id}  {execution.status}  handler {execution.handler or '-'}")
     click.echo(f"  started {_when(execution.started)}  duration {format_duration(execution.duration)}  "
                f"runs {execution.runs}  items {execution.done}/{execution.total} done, {execution.failed} failed")
     if execution.error:
         click.echo(f"  error {execution.error.get('ErrorType')}: {execution.error.get('ErrorMessage')}")
     for node in tree:
-        _render_node(node, 1)
+        _render_node(node, 1, times)
 
 
-def _render_node(node: Node, depth: int) -> None:
+def _render_node(node: Node, depth: int, times: MapTimes | None) -> None:
     record = node.record
     parts = [f"[{path_str(node.path)}]", record.sub_type or record.kind]
     if record.name:
@@ -67,6 +71,13 @@ def _render_node(node: Node, depth: int) -> None:
         parts.append(f"{done}/{inputs} done ({done - failed} succeeded, {failed} failed)")
         if record.get("reason"):
             parts.append(str(record.get("reason")))
+        ran = run_summary(list(record.get("timeline") or []))
+        if ran:
+            parts.append(ran)
+    elif times is not None and record.sub_type in ITEM_TYPES and node.path:
+        took = describe(times.of(node.path[:-1], node.path[-1]))
+        if took:
+            parts.append(took)
     meta = record.meta or {}
     for key in ("duration", "attempt"):
         if key in meta:
@@ -80,22 +91,37 @@ def _render_node(node: Node, depth: int) -> None:
         parts.append(f"{record.error.get('ErrorType')}: {record.error.get('ErrorMessage')}")
     click.echo("  " * depth + " ".join(parts))
     for child in node.children:
-        _render_node(child, depth + 1)
+        _render_node(child, depth + 1, times)
     if node.hidden:
         click.echo("  " * (depth + 1) + f"... {node.hidden} more items (show more with --items N)")
 
 
-def render_failures(execution: Execution, failures: Iterable[Failure]) -> None:
-    """The ``failures`` report, one block per failed item."""
+def render_failures(execution: Execution, failures: Iterable[Failure], times: MapTimes | None = None) -> None:
+    """The ``failures`` report, one block per failed item (with its duration when ``times`` are given)."""
     count = 0
     for failure in failures:
         count += 1
         error = failure.error
         name = f" {failure.name!r}" if failure.name else ""
+        took = describe(times.of(map_path(failure.map_id), failure.index)) if times is not None else ""
         click.echo(f"map {failure.map_name!r} [{failure.map_id}] item {failure.index}{name}: "
-                   f"{error.get('ErrorType')}: {error.get('ErrorMessage')}")
+                   f"{error.get('ErrorType')}: {error.get('ErrorMessage')}" + (f" ({took})" if took else ""))
         for line in error.get("StackTrace") or []:
             click.echo("    " + str(line).rstrip("\n").replace("\n", "\n    "))
     click.echo(f"{count} failed item(s) in execution {execution.id} [{execution.status}]")
     if execution.error and execution.status == "FAILED":
         click.echo(f"execution error: {execution.error.get('ErrorType')}: {execution.error.get('ErrorMessage')}")
+
+
+def render_slowest(rows: list[tuple[str, str | None, ItemTime]]) -> None:
+    """The ``top`` table: map, item, duration, start, worker, attempt; slowest first."""
+    if not rows:
+        click.echo("no timed items (items recorded by a durablemap without timings have none)")
+        return
+    header = ("MAP", "ITEM", "DURATION", "STARTED", "WORKER", "ATTEMPT")
+    lines = [(f"{name or '-'} [{map_id}]", str(t.index), format_duration(t.duration),
+              datetime.datetime.fromtimestamp(t.start).strftime("%H:%M:%S.%f")[:-3], str(t.pid), str(t.attempt))
+             for map_id, name, t in rows]
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    for row in [header, *lines]:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
