@@ -102,10 +102,13 @@ def summarize(store: Any, execution_id: str) -> list[MapSummary]:
 
 def _add_chunk(summary: MapSummary, meta: Any) -> None:
     data = meta.get("chunk") if isinstance(meta, dict) else None
-    if not isinstance(data, dict) or not data.get("d"):
+    if not isinstance(data, dict) or not (data.get("d") or data.get("n")):
         return
     np = require("numpy", "durablemap report")
-    durations = np.frombuffer(data["d"], dtype="<f4")
+    if data.get("d"):
+        durations = np.frombuffer(data["d"], dtype="<f4")
+    else:  # tiny items, timed per chunk: each counts the chunk's mean
+        durations = np.full(int(data["n"]), float(data["s"]) / int(data["n"]), dtype="f8")
     positions = np.searchsorted(_edges_array(np), durations, side="right")
     counts = np.bincount(positions, minlength=len(summary.durations))
     for position in np.flatnonzero(counts):

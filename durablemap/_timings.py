@@ -6,7 +6,8 @@ each and records them once, in the meta of the chunk's last item record, under `
 
     {"t0": wall-clock start of the chunk (time.time()), "pid": worker pid,
      "i0": first index (the chunk's indexes are i0, i0+1, ...) or "ix": [the indexes],
-     "d": the items' durations in seconds, float32 little-endian bytes, in run order}
+     "d": the items' durations in seconds, float32 little-endian bytes, in run order,
+     or, for items under PER_ITEM_SECONDS on average, "n": item count and "s": the chunk's span}
 
 An item's start is ``t0`` plus the durations of the items before it in the chunk. A map record's meta
 holds ``"timeline"``: one ``[start, end]`` (wall-clock) per run of the map, ``end`` None while it runs
@@ -37,23 +38,34 @@ from durablemap._records import (
     is_compact,
 )
 
-__all__ = ["Chunk", "ItemTime", "attempt_of", "chunk_meta", "chunks_of", "item_times", "slowest", "stamp_chunk"]
+__all__ = [
+    "PER_ITEM_SECONDS", "Chunk", "ItemTime", "attempt_of", "chunk_durations", "chunk_meta", "chunks_of", "item_times",
+    "slowest", "stamp_chunk",
+]
 
 KEY = "chunk"
+PER_ITEM_SECONDS = 0.0001  # items shorter than this on average are timed per chunk
 _LITTLE = array("f").itemsize == 4 and int.from_bytes(b"\x01\x00", "little") == 1
 
 
 def chunk_meta(t0: float, indexes: Sequence[int], marks: Sequence[float]) -> dict[str, Any]:
     """The ``"chunk"`` meta of a chunk whose first item started at wall-clock ``t0``: ``marks`` are
-    ``time.monotonic()`` before each item and after the last (one more than ``indexes``)."""
+    ``time.monotonic()`` before each item and after the last (at least one more than ``indexes``).
+
+    Items of ``PER_ITEM_SECONDS`` or more on average get their own durations; tinier ones only the
+    chunk's span (``"s"``), each item then counting the chunk's mean: converting a clock reading per
+    item would cost them a measurable share of their throughput."""
     n = len(indexes)
-    durations = array("f", map(sub, islice(marks, 1, n + 1), marks))
-    meta: dict[str, Any] = {"t0": t0, "pid": os.getpid(), "d": durations.tobytes()}
+    meta: dict[str, Any] = {"t0": t0, "pid": os.getpid()}
+    span = marks[n] - marks[0]
+    if span >= n * PER_ITEM_SECONDS:
+        meta["d"] = array("f", map(sub, islice(marks, 1, n + 1), marks)).tobytes()
+    else:
+        meta["n"], meta["s"] = n, span
     first = indexes[0]
-    contiguous = indexes[-1] - first == n - 1 and (
-        (isinstance(indexes, range) and indexes.step == 1) or n < 3 or list(indexes) == list(range(first, first + n)))
-    if contiguous:
-        meta["i0"] = first
+    in_order = isinstance(indexes, range) and indexes.step == 1
+    if in_order or (indexes[-1] - first == n - 1 and list(indexes) == sorted(indexes)):
+        meta["i0"] = first  # distinct, ascending, first to first + n - 1: exactly that range
     else:
         meta["ix"] = list(indexes)
     return meta
@@ -103,18 +115,27 @@ class Chunk:
         return out
 
 
+def chunk_durations(data: dict[str, Any]) -> list[float]:
+    """The items' durations of a ``"chunk"`` meta, in run order (the chunk's mean for tiny items)."""
+    if "d" not in data:
+        n = int(data.get("n", 0))
+        return [float(data.get("s", 0.0)) / n] * n if n else []
+    durations = array("f")
+    durations.frombytes(data["d"])
+    if not _LITTLE:  # pragma: no cover - big-endian machines
+        durations.byteswap()
+    return durations.tolist()
+
+
 def decode_chunk(meta: dict[str, Any]) -> Chunk | None:
     """The chunk timing in a record's meta, or None."""
     data = meta.get(KEY) if isinstance(meta, dict) else None
     if not isinstance(data, dict):
         return None
-    durations = array("f")
-    durations.frombytes(data.get("d", b""))
-    if not _LITTLE:  # pragma: no cover - big-endian machines
-        durations.byteswap()
+    durations = chunk_durations(data)
     n = len(durations)
     indexes = list(range(data["i0"], data["i0"] + n)) if "i0" in data else list(data.get("ix", []))[:n]
-    return Chunk(float(data["t0"]), int(data.get("pid", 0)), indexes, durations.tolist())
+    return Chunk(float(data["t0"]), int(data.get("pid", 0)), indexes, durations)
 
 
 def chunks_of(store: Any, execution_id: str, path: tuple[int, ...]) -> Iterator[Chunk]:

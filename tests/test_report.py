@@ -132,3 +132,33 @@ def test_report_renders_offline_in_headless_chromium(store: Path, tmp_path: Path
     shot = tmp_path / "report.png"
     _chromium(["--window-size=1300,2400", f"--screenshot={shot}", out.as_uri()], tmp_path / "profile-shot")
     assert shot.stat().st_size > 20_000  # a page of drawn charts, not a blank one
+
+
+def tiny(context: Any, item: int, index: int, inputs: Any) -> int:
+    return item * item
+
+
+def test_tiny_items_are_timed_per_chunk(tmp_path: Path) -> None:
+    """Items far under PER_ITEM_SECONDS get the chunk's mean: every item is still timed, and the
+    durations of one chunk's items add up to the chunk's span."""
+    from durablemap import durable_execution
+    from durablemap._timings import PER_ITEM_SECONDS, chunk_meta, decode_chunk
+
+    @durable_execution
+    def squares(event: Any, context: Any) -> int:
+        return context.map(list(range(3_000)), tiny, name="tiny").success_count
+
+    store = tmp_path / "store"
+    assert squares.run(None, store=str(store), execution_id="tiny", workers=2, progress=False) == 3_000
+    shown = json.loads(cli(store, "show", "tiny", "--items", "3000", "--json").stdout)
+    items = shown["operations"][0]["children"]
+    assert len(items) == 3_000 and all(c["timing"] and c["timing"]["duration"] > 0 for c in items)
+    marks = [100.0 + i * PER_ITEM_SECONDS / 10 for i in range(11)]
+    chunk = decode_chunk({"chunk": chunk_meta(5.0, list(range(7, 17)), marks)})
+    assert chunk is not None and chunk.indexes == list(range(7, 17))
+    assert chunk.durations == pytest.approx([PER_ITEM_SECONDS / 10] * 10)
+    assert chunk.starts()[0] == 5.0
+    slow = [100.0 + i * PER_ITEM_SECONDS * 2 for i in range(4)]
+    chunk = decode_chunk({"chunk": chunk_meta(5.0, [9, 3, 4], slow)})
+    assert chunk is not None and chunk.indexes == [9, 3, 4]  # out of order: kept as they ran
+    assert chunk.durations == pytest.approx([PER_ITEM_SECONDS * 2] * 3, rel=1e-4)
