@@ -288,27 +288,36 @@ def _item_records(state: Any, path: tuple[int, ...], item_serdes: Any,
 
 def _raw_item_records(state: Any, path: tuple[int, ...]) -> Iterator[tuple[int, list[Any]]]:
     """``(index, fields)`` of each item record of a map, in index order."""
-    indexes, records = _item_record_columns(state, path)
-    return zip(indexes, records, strict=True)
+    for indexes, records in _item_record_batches(state, path):
+        yield from zip(indexes, records, strict=True)
 
 
-def _item_record_columns(state: Any, path: tuple[int, ...]) -> tuple[list[int], list[list[Any]]]:
-    """The indexes and decoded fields of every item record of a map, in index order: read in one
-    pass, decoded by one streaming msgpack unpacker (values written by the default serdes included)."""
+_DECODE_BATCH = 65536
+
+
+def _item_record_batches(state: Any, path: tuple[int, ...]) -> Iterator[tuple[list[int], list[list[Any]]]]:
+    """The indexes and decoded fields of every item record of a map, in index order, a batch at a
+    time: read in one pass, decoded batch by batch by one streaming msgpack unpacker (values written
+    by the default serdes included). Each batch's raw records are dropped as it is decoded, and its
+    fields once the caller has built its items: a replay that held the raw bytes and the decoded
+    fields of every item besides the items themselves took twice the memory of the run."""
     op_id = path_str(path)
     indexes, raws = state.store().children_columns(op_key(state.execution_id, path))
     unpacker = new_unpacker()
-    unpacker.feed(b"".join(raws))
-    try:
-        records = list(unpacker)
-        if len(records) != len(indexes) or countOf(map(type, records), list) != len(records):
-            raise ValueError(f"{len(raws)} records decoded to {len(records)} values")
-    except (ValueError, TypeError, msgpack.UnpackException, msgpack.ExtraData, struct.error) as exc:
-        raise StoreError(
-            f"An item record of map '{op_id}' cannot be decoded ({type(exc).__name__}: {exc}). The store "
-            "may be corrupt or written by another program; remove that execution with `durablemap rm ID` "
-            "to start it afresh.") from None
-    return indexes, records
+    for start in range(0, len(indexes), _DECODE_BATCH):
+        stop = min(start + _DECODE_BATCH, len(indexes))
+        unpacker.feed(b"".join(raws[start:stop]))
+        raws[start:stop] = repeat(None, stop - start)
+        try:
+            records = list(unpacker)
+            if len(records) != stop - start or countOf(map(type, records), list) != len(records):
+                raise ValueError(f"{stop - start} records decoded to {len(records)} values")
+        except (ValueError, TypeError, msgpack.UnpackException, msgpack.ExtraData, struct.error) as exc:
+            raise StoreError(
+                f"An item record of map '{op_id}' cannot be decoded ({type(exc).__name__}: {exc}). The "
+                "store may be damaged or written by another program; restore it from a copy, or remove "
+                "that execution with `durablemap rm ID` to start it afresh.") from None
+        yield indexes[start:stop], records
 
 
 def _drift(op_id: str, name: str | None, what: str) -> NonDeterministicExecutionError:
@@ -344,14 +353,15 @@ def replay_batch(source: Any, path: tuple[int, ...], record: Record, serdes: Any
         return result
     state = source
     started = set(record.get("started") or ())
+    items: list[BatchItem[Any]] = []
     with paused():  # a million new records and items would otherwise set off full collections over them
-        indexes, records = _item_record_columns(state, path)
-        if not started and all_compact(records):
-            # Every record compact (SUCCEEDED, default serdes): build the items without a Python loop.
-            items = BatchItem.from_rows(zip(indexes, repeat(BatchItemStatus.SUCCEEDED),
-                                            compact_values(records), repeat(None)))
-        else:
-            items = BatchItem.from_rows(_replay_rows(state, path, indexes, records, started, item_serdes))
+        for indexes, records in _item_record_batches(state, path):
+            if not started and all_compact(records):
+                # Every record compact (SUCCEEDED, default serdes): build the items without a Python loop.
+                items += BatchItem.from_rows(zip(indexes, repeat(BatchItemStatus.SUCCEEDED),
+                                                 compact_values(records), repeat(None)))
+            else:
+                items += BatchItem.from_rows(_replay_rows(state, path, indexes, records, started, item_serdes))
     if started:
         items.extend(BatchItem(index, BatchItemStatus.STARTED) for index in started)
         items.sort(key=lambda item: item.index)
