@@ -2,7 +2,7 @@
 
 Usage::
 
-    python perf/bench.py [--quick] [--workers N] [--json PATH] [--timeout SECONDS]
+    python perf/bench.py [--quick] [--workers N] [--cases abcde] [--json PATH] [--timeout SECONDS]
 
 In one process and one run, on the same items and worker count, it times
 
@@ -18,17 +18,32 @@ on three cases:
     handler on the same store again, where every item comes back from the store;
 (b) 2,000 items of ~5 ms of CPU each, a busy loop calibrated once at start (``--quick``: 200);
 (c) 2,000 items that sleep 10 ms, on 16 workers (``--quick``: 200): the ideal is 16 items per 10 ms,
-    and the table gives each library's fraction of it.
+    and the table gives each library's fraction of it;
+
+and two cases of items that wait, where the items in flight follow ``max_concurrency`` rather than
+the number of processes (``--workers`` processes for durablemap, default the CPUs):
+
+(d) 2,000 items of ``time.sleep(0.1)``, ``MapConfig(max_concurrency=200)`` (``--quick``: 1,000), beside
+    ``concurrent.futures.ThreadPoolExecutor(200).map`` and joblib's threading backend
+    (``Parallel(n_jobs=200, prefer="threads")``); the ideal is 200 items per 100 ms (1.0 s; 0.5 s
+    quick);
+(e) 10,000 ``async def`` items of ``await asyncio.sleep(0.1)``, ``max_concurrency=1000`` (``--quick``:
+    5,000), beside a plain ``asyncio.gather`` of every item, each holding an ``asyncio.Semaphore(1000)``;
+    the ideal is 1.0 s (0.5 s quick).
 
 Every pool is started and warmed up (2 N items of 20 ms, so that every worker is up) before its timed
 run, and that start-up is its own column. For durablemap the start-up is a first run of 2 N items
-of 10 ms on a throwaway store. Each case ends with the peak RSS of
+of 10 ms on a throwaway store; for (d) and (e), one round of the case's own items
+(``max_concurrency`` of them) on a throwaway store, and the thread pools and the event loop are
+warmed up the same way. Each case ends with the peak RSS of
 this process. A library that is missing or raises prints its error in its row, and the others go on.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import contextlib
 import json
 import multiprocessing
@@ -47,11 +62,13 @@ from typing import Any, cast
 
 try:
     from durablemap import DurableContext, durable_execution
+    from durablemap.config import MapConfig
 
     DURABLEMAP_IMPORT_ERROR: str | None = None
 except Exception as exc:  # the library is young: report its import error in the table, run the peers
     durable_execution = None  # type: ignore[assignment]
     DurableContext = Any  # type: ignore[assignment,misc]
+    MapConfig = None  # type: ignore[assignment,misc]
     DURABLEMAP_IMPORT_ERROR = f"import failed: {type(exc).__name__}: {exc}"
 
 SLEEP_SECONDS = 0.01
@@ -59,6 +76,9 @@ CPU_SECONDS = 0.005
 LOKY_CHUNK_CAP = 4096
 SLEEP_WORKERS = 16
 WARMUP_SECONDS = 0.02
+WAIT_SECONDS = 0.1  # the items of cases (d) and (e)
+THREADS_CONCURRENCY = 200
+ASYNC_CONCURRENCY = 1000
 
 # --------------------------------------------------------------------------- work functions
 # Peers take ``(x)``; durablemap map functions take ``(context, item, index, items)``. All are
@@ -90,6 +110,18 @@ def warm(x: int) -> int:
     return x
 
 
+def doze(x: int) -> int:
+    """The waiting item of case (d): sleep 100 ms."""
+    time.sleep(WAIT_SECONDS)
+    return x
+
+
+async def adoze(x: int) -> int:
+    """The waiting item of case (e): ``await asyncio.sleep(0.1)``."""
+    await asyncio.sleep(WAIT_SECONDS)
+    return x
+
+
 def dm_square(context: DurableContext, item: int, index: int, items: Sequence[int]) -> int:
     """``square`` as a durablemap map function."""
     return item * item
@@ -105,7 +137,18 @@ def dm_nap(context: DurableContext, item: int, index: int, items: Sequence[int])
     return nap(item)
 
 
-DM_FUNCS: dict[str, Callable[..., int]] = {"tiny": dm_square, "cpu": dm_burn, "sleep": dm_nap}
+def dm_doze(context: DurableContext, item: int, index: int, items: Sequence[int]) -> int:
+    """``doze`` as a durablemap map function."""
+    return doze(item)
+
+
+async def dm_adoze(context: DurableContext, item: int, index: int, items: Sequence[int]) -> int:
+    """``adoze`` as a durablemap map function: an ``async def`` item."""
+    return await adoze(item)
+
+
+DM_FUNCS: dict[str, Callable[..., Any]] = {"tiny": dm_square, "cpu": dm_burn, "sleep": dm_nap,
+                                           "threads": dm_doze, "async": dm_adoze}
 
 
 def make_items(event: dict[str, Any]) -> list[int]:
@@ -118,14 +161,16 @@ def make_items(event: dict[str, Any]) -> list[int]:
 if durable_execution is not None:
 
     @durable_execution
-    def bench_handler(event: dict[str, Any], context: DurableContext) -> dict[str, int]:
+    def bench_handler(event: dict[str, Any], context: DurableContext) -> dict[str, Any]:
         """The benchmarked handler: one map over the case's items."""
         started = time.perf_counter()
-        batch = context.map(make_items(event), DM_FUNCS[event["kind"]])
+        config: MapConfig[int] = MapConfig(max_concurrency=event.get("max_concurrency"))
+        batch = context.map(make_items(event), DM_FUNCS[event["kind"]], config=config)
         map_seconds = time.perf_counter() - started
         results = cast(list[int], batch.get_results())
+        first = next((e for e in batch.get_errors() if e is not None), None)
         return {"succeeded": len(results), "failed": batch.failure_count, "checksum": checksum(results),
-                "map_seconds": map_seconds}
+                "map_seconds": map_seconds, "first_error": first and f"{first.type}: {first.message}"}
 
 
 def checksum(results: Sequence[int]) -> int:
@@ -171,10 +216,12 @@ class Case:
     kind: str
     n: int
     workers: int
-    peer_func: Callable[[int], int] = field(repr=False)
+    peer_func: Callable[[int], Any] = field(repr=False)
     items: list[int] = field(repr=False)
     event: dict[str, Any] = field(repr=False)
     ideal_s: float | None = None
+    ideal_note: str = ""
+    concurrency: int | None = None  # MapConfig.max_concurrency, and the peers' threads or semaphore
     rows: list[Row] = field(default_factory=list)
     replay: Row | None = None
     peak_rss_mib: float | None = None
@@ -247,12 +294,16 @@ def run_durablemap(case: Case, expected: int, tmp: Path, timeout: int) -> tuple[
     store = tmp / f"store-{case.key}"
     warm_store = tmp / f"warmup-{case.key}"
     warm_event = {"kind": "sleep", "n": 2 * case.workers, "case": f"warmup-{case.key}"}
+    if case.concurrency is not None:  # (d), (e): one round of the case's own items
+        warm_event = {**case.event, "n": case.concurrency, "case": f"warmup-{case.key}"}
 
     last: dict[str, Any] = {}
 
     def run() -> int:
         out = bench_handler.run(case.event, store=str(store), workers=case.workers, progress=False)
         last.update(out)
+        if out["failed"]:
+            raise RuntimeError(f"{out['failed']} items failed, the first with {out['first_error']}")
         return int(out["checksum"])
 
     if startup(row, lambda: bench_handler.run(warm_event, store=str(warm_store), workers=case.workers,
@@ -327,23 +378,89 @@ def run_joblib(case: Case, expected: int, timeout: int) -> Row:
     return row
 
 
+def run_thread_pool(case: Case, expected: int, timeout: int) -> Row:
+    """``concurrent.futures.ThreadPoolExecutor(C).map``, C the case's concurrency."""
+    threads = case.concurrency or 1
+    row = Row(f"ThreadPoolExecutor({threads})")
+    with concurrent.futures.ThreadPoolExecutor(threads) as executor:
+        if startup(row, lambda: list(executor.map(case.peer_func, range(threads))), timeout):
+            measure(row, case, expected, lambda: list(executor.map(case.peer_func, case.items)), timeout)
+    return row
+
+
+def run_joblib_threads(case: Case, expected: int, timeout: int) -> Row:
+    """joblib ``Parallel(n_jobs=C, prefer="threads")``, C the case's concurrency, default batching."""
+    threads = case.concurrency or 1
+    row = Row(f"joblib threads (n_jobs={threads})")
+    try:
+        from joblib import Parallel, delayed
+    except Exception as exc:
+        row.error = f"import failed: {exc}"
+        return row
+    func = case.peer_func
+    with Parallel(n_jobs=threads, prefer="threads") as parallel:
+        if startup(row, lambda: parallel(delayed(func)(i) for i in range(threads)), timeout):
+            measure(row, case, expected, lambda: parallel(delayed(func)(x) for x in case.items), timeout)
+    return row
+
+
+def run_asyncio_gather(case: Case, expected: int, timeout: int) -> Row:
+    """A plain ``asyncio.gather`` of every item, each awaiting an ``asyncio.Semaphore(C)`` first."""
+    limit = case.concurrency or 1
+    row = Row(f"asyncio.gather, Semaphore({limit})")
+    func = case.peer_func
+
+    async def gather(items: Sequence[int]) -> list[int]:
+        semaphore = asyncio.Semaphore(limit)
+
+        async def one(x: int) -> int:
+            async with semaphore:
+                return cast(int, await func(x))
+
+        return list(await asyncio.gather(*(one(x) for x in items)))
+
+    if startup(row, lambda: asyncio.run(gather(range(limit))), timeout):
+        measure(row, case, expected, lambda: asyncio.run(gather(case.items)), timeout)
+    return row
+
+
+PeerRunner = Callable[[Case, int, int], Row]
+PEERS: dict[str, tuple[PeerRunner, ...]] = {
+    "threads": (run_thread_pool, run_joblib_threads),
+    "async": (run_asyncio_gather,),
+}
+POOLS: tuple[PeerRunner, ...] = (run_multiprocessing, run_loky, run_joblib)
+
+
 # --------------------------------------------------------------------------- driver
 
 
 def build_cases(quick: bool, workers: int, iterations: int) -> list[Case]:
-    """The three cases, sized for ``--quick`` or not."""
-    n_tiny, n_cpu, n_sleep = (20_000, 200, 200) if quick else (200_000, 2_000, 2_000)
+    """The five cases, sized for ``--quick`` or not."""
+    n_tiny, n_cpu, n_sleep, n_threads, n_async = (
+        (20_000, 200, 200, 1_000, 5_000) if quick else (200_000, 2_000, 2_000, 2_000, 10_000))
+    waits = f"{WAIT_SECONDS * 1000:.0f} ms"
     specs = [
         ("a", f"(a) {n_tiny:,} tiny items (x*x)", "tiny", n_tiny, workers, square, None),
         ("b", f"(b) {n_cpu:,} items of ~{CPU_SECONDS * 1000:.0f} ms CPU", "cpu", n_cpu, workers, burn, None),
         ("c", f"(c) {n_sleep:,} items sleeping {SLEEP_SECONDS * 1000:.0f} ms", "sleep", n_sleep,
-         SLEEP_WORKERS, nap, n_sleep * SLEEP_SECONDS / SLEEP_WORKERS),
+         SLEEP_WORKERS, nap, SLEEP_WORKERS),
+        ("d", f"(d) {n_threads:,} items sleeping {waits} (time.sleep), max_concurrency={THREADS_CONCURRENCY}",
+         "threads", n_threads, workers, doze, THREADS_CONCURRENCY),
+        ("e", f"(e) {n_async:,} async items awaiting asyncio.sleep({WAIT_SECONDS:g}), "
+         f"max_concurrency={ASYNC_CONCURRENCY}", "async", n_async, workers, adoze, ASYNC_CONCURRENCY),
     ]
     cases = []
-    for key, title, kind, n, n_workers, func, ideal in specs:
+    for key, title, kind, n, n_workers, func, at_once in specs:
         event = {"kind": kind, "n": n, "iterations": iterations, "case": key}
-        cases.append(Case(key, f"{title}, {n_workers} workers", kind, n, n_workers, func,
-                          make_items(event), event, ideal))
+        case = Case(key, f"{title}, {n_workers} workers", kind, n, n_workers, func, make_items(event), event)
+        if kind in PEERS:
+            event["max_concurrency"] = case.concurrency = at_once
+        if at_once is not None:
+            seconds = SLEEP_SECONDS if kind == "sleep" else WAIT_SECONDS
+            case.ideal_s = n * seconds / at_once
+            case.ideal_note = f"{at_once} items per {seconds * 1000:.0f} ms = {case.ideal_s:.2f} s"
+        cases.append(case)
     return cases
 
 
@@ -351,8 +468,7 @@ def run_case(case: Case, tmp: Path, timeout: int) -> None:
     """Run every library on ``case``, fill its rows and ratios, record the peak RSS."""
     expected = _expected(case)
     dm_row, replay = run_durablemap(case, expected, tmp, timeout)
-    case.rows = [dm_row, run_multiprocessing(case, expected, timeout), run_loky(case, expected, timeout),
-                 run_joblib(case, expected, timeout)]
+    case.rows = [dm_row, *(peer(case, expected, timeout) for peer in PEERS.get(case.kind, POOLS))]
     case.replay = replay
     for row in case.rows[1:]:
         if dm_row.time_s and row.time_s:
@@ -390,15 +506,15 @@ def print_case(case: Case) -> None:
         line = (f"  {row.library:<34}{_fmt(row.startup_s, '.2f'):>11}{_fmt(row.time_s, '.3f'):>10}"
                 f"{_fmt(row.items_per_s, ',.0f'):>12}")
         ratio = "" if row.library.startswith("durablemap") else _fmt(row.ratio_dm_over_peer, '.2f') + "x"
-        line += f"{ratio:>9}"
+        line += f"{ratio.replace('-x', '-'):>9}"
         if show_ideal:
             percent = None if row.fraction_of_ideal is None else row.fraction_of_ideal * 100
-            line += f"{_fmt(percent, '.0f')}%".rjust(10)
+            line += (_fmt(percent, '.0f') + "%").replace("-%", "-").rjust(10)
         if row.error:
             line += f"   ERROR {row.error}"
         print(line)
     if show_ideal:
-        print(f"  ideal: {SLEEP_WORKERS} items per {SLEEP_SECONDS * 1000:.0f} ms = {case.ideal_s:.2f} s")
+        print(f"  ideal: {case.ideal_note}")
     print(f"  peak RSS of this process after the case: {case.peak_rss_mib:.0f} MiB")
 
 
@@ -426,9 +542,10 @@ def library_versions() -> dict[str, str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a tenth of the items")
+    parser.add_argument("--quick", action="store_true", help="fewer items: a tenth, half for (d) and (e)")
     parser.add_argument("--workers", type=int, default=default_workers(),
-                        help="workers for cases (a) and (b) (default: the CPUs this process may use)")
+                        help="workers for cases (a), (b), (d) and (e) (default: the CPUs this process may use)")
+    parser.add_argument("--cases", default="abcde", help="the cases to run, by letter (default: abcde)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     parser.add_argument("--timeout", type=int, default=600, help="seconds before one timed run is abandoned")
     return parser.parse_args(argv)
@@ -441,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"python {platform.python_version()} on {platform.platform()}, {default_workers()} CPUs usable; "
           f"busy loop: {iterations:,} iterations = {CPU_SECONDS * 1000:.0f} ms")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in library_versions().items()))
-    cases = build_cases(args.quick, args.workers, iterations)
+    cases = [c for c in build_cases(args.quick, args.workers, iterations) if c.key in args.cases]
     tmp = Path(tempfile.mkdtemp(prefix="durablemap-bench-"))
     try:
         for case in cases:
@@ -461,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
             "cases": [
                 {
                     "key": c.key, "title": c.title, "items": c.n, "workers": c.workers,
+                    "max_concurrency": c.concurrency,
                     "ideal_s": c.ideal_s, "peak_rss_mib": c.peak_rss_mib,
                     "rows": [asdict(r) for r in c.rows],
                     "replay": asdict(c.replay) if c.replay else None,
