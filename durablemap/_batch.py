@@ -7,8 +7,8 @@ one costs about what building a 4-tuple costs, and it is immutable and hashable 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from operator import countOf, itemgetter
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -139,6 +139,7 @@ class BatchItem(tuple[Any, ...], Generic[R]):
 
 
 _get_status = itemgetter(1)
+_COUNT_OF = {_SUCCEEDED: 0, _FAILED: 1, _STARTED: 2}
 
 
 @dataclass(frozen=True)
@@ -147,19 +148,36 @@ class BatchResult(Generic[R]):
 
     Items never started (the batch completed early) are absent, so `total_count` may be less than the
     number of inputs. Item failures are not raised by ``map``; call `throw_if_error` for that.
+
+    The result of a large map (a million inputs or more) does not hold its items: ``all`` is then a
+    read-only sequence that reads them from the store a page at a time, and ``counts`` gives the
+    counts without reading any. Every method works the same; those that return lists build them.
+    Pickled, such a result becomes an ordinary one holding every item.
     """
 
-    all: list[BatchItem[R]]
+    all: Sequence[BatchItem[R]]
     completion_reason: CompletionReason
+    #: ``(succeeded, failed, started)`` when known without reading the items (a result read from the store).
+    counts: tuple[int, int, int] | None = field(default=None, compare=False, repr=False)
 
     @property
-    def results(self) -> list[BatchItem[R]]:
-        """The same list as ``all``: every started item in index order."""
+    def results(self) -> Sequence[BatchItem[R]]:
+        """The same sequence as ``all``: every started item in index order."""
         return self.all
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        items = self.all if isinstance(self.all, list) else list(self.all)
+        return (type(self), (items, self.completion_reason))
+
     def _count(self, status: BatchItemStatus) -> int:
+        if self.counts is not None:
+            return self.counts[_COUNT_OF[status]]
         # countOf compares by identity first, so this stays in C for a million items.
         return countOf(map(_get_status, self.all), status)
+
+    def _none(self, status: BatchItemStatus) -> bool:
+        """Whether there is surely no item of ``status`` (known from the counts, without a scan)."""
+        return self.counts is not None and self.counts[_COUNT_OF[status]] == 0
 
     def succeeded(self) -> list[BatchItem[R]]:
         """The SUCCEEDED items, in index order."""
@@ -167,11 +185,11 @@ class BatchResult(Generic[R]):
 
     def failed(self) -> list[BatchItem[R]]:
         """The FAILED items, in index order."""
-        return [item for item in self.all if item[1] == _FAILED]
+        return [] if self._none(_FAILED) else [item for item in self.all if item[1] == _FAILED]
 
     def started(self) -> list[BatchItem[R]]:
         """The items still in flight when the batch completed, in index order."""
-        return [item for item in self.all if item[1] == _STARTED]
+        return [] if self._none(_STARTED) else [item for item in self.all if item[1] == _STARTED]
 
     def get_results(self) -> list[R | None]:
         """The results of the SUCCEEDED items, in index order (a None result is kept)."""
@@ -179,7 +197,7 @@ class BatchResult(Generic[R]):
 
     def get_errors(self) -> list[ErrorObject | None]:
         """The errors of the FAILED items, in index order."""
-        return [item[3] for item in self.all if item[1] == _FAILED]
+        return [] if self._none(_FAILED) else [item[3] for item in self.all if item[1] == _FAILED]
 
     def throw_if_error(self) -> None:
         """Raise for the first FAILED item, else for a batch completed as FAILED; else do nothing.
@@ -188,7 +206,7 @@ class BatchResult(Generic[R]):
         when it failed to serialize); a batch that ``should_complete`` failed raises
         `BatchCompletionError`.
         """
-        for item in self.all:
+        for item in () if self._none(_FAILED) else self.all:
             if item[1] == _FAILED:
                 error: ErrorObject | None = item[3]
                 if error is None:
@@ -209,6 +227,8 @@ class BatchResult(Generic[R]):
     @property
     def has_failure(self) -> bool:
         """Whether any item FAILED."""
+        if self.counts is not None:
+            return self.counts[1] > 0
         return _FAILED in map(_get_status, self.all)
 
     @property

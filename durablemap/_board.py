@@ -2,7 +2,10 @@
 the counts, and the completion policy's verdict. Pure bookkeeping: no processes, no store.
 
 Items are taken in ascending index order. The state of all items is one ``bytearray`` (a byte per
-item), so finding the next new items and marking a chunk running are C-speed slices, not loops.
+item: new, running, succeeded, failed), so finding the next new items and marking a chunk running
+are C-speed slices, not loops. A small map's board also keeps its finished items (its BatchResult
+is built from them); a large map's keeps nothing but the bytes and the counts: its items stay in
+the store, and its BatchResult reads them from there (``_stored``).
 """
 
 from __future__ import annotations
@@ -20,40 +23,52 @@ from durablemap.executors._base import ChunkResult
 
 __all__ = ["ItemBoard", "MapOutcome"]
 
-NEW, RUNNING, DONE = 0, 1, 2
+NEW, RUNNING, SUCCEEDED, FAILED = 0, 1, 2, 3
 _NOT_NEW = re.compile(rb"[^\x00]")
+_RUNNING_BYTE = re.compile(rb"\x01")
 _RUN_LENGTH = 16384  # the longest run of codes sliced at once (the largest chunk)
-_DONE_RUN = bytes([DONE]) * _RUN_LENGTH
+_SUCCEEDED_RUN = bytes([SUCCEEDED]) * _RUN_LENGTH
 _RUNNING_RUN = bytes([RUNNING]) * _RUN_LENGTH
+_STATUS_OF_CODE = (None, BatchItemStatus.STARTED, BatchItemStatus.SUCCEEDED, BatchItemStatus.FAILED)
 
 
 @dataclass
 class MapOutcome:
-    """The items (index order, started only), the completion reason, and the counts."""
+    """The items (index order, started only; None when the board keeps none), the completion
+    reason, and the counts."""
 
-    items: list[BatchItem[Any]]
+    items: list[BatchItem[Any]] | None
     reason: CompletionReason
     started: list[int]
     succeeded: int
     failed: int
+
+    @property
+    def total(self) -> int:
+        """How many items started (finished or still running)."""
+        return self.succeeded + self.failed + len(self.started)
 
 
 class ItemBoard:
     """The state of the items of one map (see the module docstring)."""
 
     def __init__(self, n: int, prior: dict[int, BatchItem[Any]], policy: CompletionPolicy,
-                 predicate: Callable[[Any], Any] | None, names: Sequence[str | None] | None) -> None:
+                 predicate: Callable[[Any], Any] | None, names: Sequence[str | None] | None,
+                 done: bytearray | None = None) -> None:
+        """``prior``: the items earlier runs finished. ``done``: instead, their statuses as codes
+        (SUCCEEDED, FAILED, else NEW), one per item; then the board keeps no items."""
         self.n, self.policy, self.predicate, self.names = n, policy, predicate, names
-        self.codes = bytearray(n)
-        self.items: list[BatchItem[Any] | None] = [None] * n
-        self.succeeded = self.failed = self.in_flight = self.cursor = 0
+        self.codes = bytearray(n) if done is None else bytearray(done)
+        self.items: list[BatchItem[Any] | None] | None = [None] * n if done is None else None
+        self.succeeded, self.failed = self.codes.count(SUCCEEDED), self.codes.count(FAILED)
+        self.in_flight = self.cursor = 0
         for index, item in prior.items():
-            self.codes[index] = DONE
-            self.items[index] = item
-            if item.status == BatchItemStatus.SUCCEEDED:
-                self.succeeded += 1
-            else:
-                self.failed += 1
+            ok = item.status == BatchItemStatus.SUCCEEDED
+            self.codes[index] = SUCCEEDED if ok else FAILED
+            if self.items is not None:
+                self.items[index] = item
+            self.succeeded += ok
+            self.failed += not ok
         self.decision: Any = None
         self.reason: CompletionReason | None = None
         # With no completion criterion only "all done" ends the map: results are counted a chunk at
@@ -77,12 +92,9 @@ class ItemBoard:
         return status_snapshot(self.succeeded, self.failed, self.n, self._statuses())
 
     def _statuses(self) -> list[tuple[int, str | None, BatchItemStatus | None]]:
-        statuses = []
-        for index in range(self.n):
-            item, code = self.items[index], self.codes[index]
-            status = item.status if item is not None else (BatchItemStatus.STARTED if code == RUNNING else None)
-            statuses.append((index, self.names[index] if self.names is not None else None, status))
-        return statuses
+        names = self.names
+        return [(index, names[index] if names is not None else None, _STATUS_OF_CODE[code])
+                for index, code in enumerate(self.codes)]
 
     # -- dispatch -----------------------------------------------------------------------------
     def remaining(self) -> int:
@@ -126,15 +138,20 @@ class ItemBoard:
         """Record a chunk's items as finished; returns how many SUCCEEDED and FAILED."""
         if self.bulk and not result.errors and isinstance(result.indexes, range):
             return self._finish_range(result.indexes, result.values), 0
-        return self.finish_items(_items(result))
+        if self.items is not None:
+            return self.finish_items(_items(result))
+        errors = result.errors
+        return self._finish((index, position not in errors, None)
+                            for position, index in zip(range(len(result.values)), result.indexes, strict=False))
 
     def _finish_range(self, indexes: range, values: list[Any]) -> int:
         """Count a contiguous run of SUCCEEDED items at once (no criterion can stop the map early)."""
         start, stop = indexes.start, indexes.stop
         count = stop - start
-        self.items[start:stop] = BatchItem.from_rows(
-            zip(indexes, repeat(BatchItemStatus.SUCCEEDED), values, repeat(None)))
-        self.codes[start:stop] = _DONE_RUN[:count]
+        if self.items is not None:
+            self.items[start:stop] = BatchItem.from_rows(
+                zip(indexes, repeat(BatchItemStatus.SUCCEEDED), values, repeat(None)))
+        self.codes[start:stop] = _SUCCEEDED_RUN[:count]
         self.in_flight -= count
         self.succeeded += count
         self.check()
@@ -142,15 +159,21 @@ class ItemBoard:
 
     def finish_items(self, finished: list[BatchItem[Any]]) -> tuple[int, int]:
         """Record items as finished (those still running); returns how many SUCCEEDED and FAILED."""
+        return self._finish((item.index, item.status == BatchItemStatus.SUCCEEDED, item) for item in finished)
+
+    def _finish(self, finished: Iterable[tuple[int, bool, BatchItem[Any] | None]]) -> tuple[int, int]:
+        """Record ``(index, succeeded, item)`` of items as finished (the item kept when the board
+        keeps items); returns how many SUCCEEDED and FAILED."""
         succeeded = failed = 0
-        for item in finished:
-            index = item.index
-            if self.codes[index] != RUNNING:
+        codes, items = self.codes, self.items
+        for index, ok, item in finished:
+            if codes[index] != RUNNING:
                 continue
-            self.codes[index] = DONE
-            self.items[index] = item
+            codes[index] = SUCCEEDED if ok else FAILED
+            if items is not None:
+                items[index] = item
             self.in_flight -= 1
-            if item.status == BatchItemStatus.SUCCEEDED:
+            if ok:
                 self.succeeded += 1
                 succeeded += 1
             else:
@@ -163,7 +186,9 @@ class ItemBoard:
     def outcome(self) -> MapOutcome:
         """The started items in index order (those still running as STARTED), and the counts."""
         assert self.reason is not None
-        started = [i for i in range(self.n) if self.codes[i] == RUNNING] if self.in_flight else []
+        started = [m.start() for m in _RUNNING_BYTE.finditer(self.codes)] if self.in_flight else []
+        if self.items is None:
+            return MapOutcome(None, self.reason, started, self.succeeded, self.failed)
         for index in started:
             self.items[index] = BatchItem(index, BatchItemStatus.STARTED)
         # When every item started there are no gaps to leave out.

@@ -56,10 +56,12 @@ _MEMORY_REPORT_SECONDS = 0.5  # how often observers hear the memory figures
 
 @dataclass
 class Prior:
-    """What earlier runs recorded for this map's items."""
+    """What earlier runs recorded for this map's items: the items, or for a large map only their
+    statuses (``done``: the board's codes, one byte per item; the board then keeps no items)."""
 
     items: dict[int, BatchItem[Any]] = field(default_factory=dict)
     crashes: dict[int, int] = field(default_factory=dict)
+    done: bytearray | None = None
 
 
 class Coordinator:
@@ -74,7 +76,7 @@ class Coordinator:
         self.info, self.observers, self.clock = info, observers, clock
         self.item_timeout, self.names = item_timeout, names
         n = len(spec.inputs)
-        self.board = ItemBoard(n, prior.items, policy, predicate, names)
+        self.board = ItemBoard(n, prior.items, policy, predicate, names, done=prior.done)
         self.faults = FaultLedger(max_crashes, dict(prior.crashes))
         self.sizer = ChunkSizer(executor.workers, executor.chunk_seconds)
         self.futures: dict[Future[ChunkResult], Sequence[int]] = {}

@@ -7,16 +7,13 @@ need to run at all, and records the outcome.
 from __future__ import annotations
 
 import os
-import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
-from itertools import repeat
-from operator import countOf
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import msgpack
-
+from durablemap import _stored
 from durablemap._batch import BatchItem, BatchItemStatus, BatchResult, CompletionReason
+from durablemap._board import FAILED, SUCCEEDED
 from durablemap._completion import CompletionPolicy
 from durablemap._context import check_identity, failed_again
 from durablemap._coordinator import Coordinator, Prior
@@ -25,7 +22,6 @@ from durablemap._errors import (
     ErrorObject,
     NonDeterministicExecutionError,
     SerDesError,
-    StoreError,
     ValidationError,
 )
 from durablemap._fingerprint import fingerprint
@@ -40,9 +36,7 @@ from durablemap._records import (
     RecordWriter,
     Status,
     SubType,
-    all_compact,
     as_record,
-    compact_values,
     item_outcome,
 )
 from durablemap._step import operation_name
@@ -56,7 +50,7 @@ from durablemap.config import (
     ParallelConfig,
 )
 from durablemap.executors._base import MapSpec
-from durablemap.serdes import deserialize_value, new_unpacker, serialize_value
+from durablemap.serdes import deserialize_value, serialize_value
 
 if TYPE_CHECKING:
     from durablemap._context import DurableContext
@@ -179,8 +173,10 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
     try:
         if record is None or record.status == Status.STARTED:  # first run, or a resume: a new segment
             put(Status.STARTED, meta={"inputs": len(inputs), "flat": flat, "timeline": timeline})
+        lazy = not flat and len(inputs) >= _stored.LAZY_MIN_ITEMS  # items stay in the store
         prior = _read_prior(state, path, inputs, item_serdes, names, item_sub_type,
-                            config.recompute_changed_inputs) if record else Prior()
+                            config.recompute_changed_inputs, lazy) if record else Prior(
+                                done=bytearray(len(inputs)) if lazy else None)
         predicate = config.completion_config.should_complete
         info = MapInfo(state.execution_id, op_id, name, len(inputs), len(path))
         coordinator = Coordinator(
@@ -195,8 +191,11 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
         raise fail(exc.__cause__ or exc) from exc.__cause__
     finally:
         executor.unpublish(ref)
-    result: BatchResult[Any] = BatchResult(outcome.items, outcome.reason)
-    meta = {"inputs": len(inputs), "flat": flat, "reason": outcome.reason.value, "total": len(outcome.items),
+    result: BatchResult[Any] = BatchResult(outcome.items, outcome.reason) if outcome.items is not None else (
+        _stored.stored_result(state.store(), state.execution_id, path, item_serdes, inputs=len(inputs),
+                              reason=outcome.reason, started=outcome.started, succeeded=outcome.succeeded,
+                              failed=outcome.failed))
+    meta = {"inputs": len(inputs), "flat": flat, "reason": outcome.reason.value, "total": outcome.total,
             "started": outcome.started, "succeeded": outcome.succeeded, "failed": outcome.failed,
             **coordinator.memory_meta()}
     timeline[-1][1] = time.time()
@@ -245,11 +244,12 @@ def _record_result(result: BatchResult[Any], meta: dict[str, Any], config: MapCo
 
 
 def _read_prior(state: Any, path: tuple[int, ...], inputs: Sequence[Any], item_serdes: Any,
-                names: Sequence[str | None] | None, sub_type: str, recompute: bool) -> Prior:
-    """The outcomes earlier runs recorded for this map's items (resume). An item whose input
-    changed since its outcome was recorded raises NonDeterministicExecutionError, or with
-    ``recompute`` runs again."""
-    prior = Prior()
+                names: Sequence[str | None] | None, sub_type: str, recompute: bool, lazy: bool = False) -> Prior:
+    """The outcomes earlier runs recorded for this map's items (resume); with ``lazy``, only their
+    statuses. An item whose input changed since its outcome was recorded raises
+    NonDeterministicExecutionError, or with ``recompute`` runs again."""
+    prior = Prior(done=bytearray(len(inputs)) if lazy else None)
+    done = prior.done
     op_id = path_str(path)
     n = len(inputs)
     changed: list[int] = []
@@ -264,7 +264,10 @@ def _read_prior(state: Any, path: tuple[int, ...], inputs: Sequence[Any], item_s
             changed.append(index)
             continue
         if outcome is not None and (status == Status.SUCCEEDED or not state.retry_failed):
-            prior.items[index] = BatchItem(index, *outcome)
+            if done is not None:
+                done[index] = SUCCEEDED if outcome[0] == BatchItemStatus.SUCCEEDED else FAILED
+            else:
+                prior.items[index] = BatchItem(index, *outcome)
         elif status == Status.STARTED:
             prior.crashes[index] = int((meta or {}).get("crashes", 0))
     if changed and not recompute:
@@ -287,37 +290,9 @@ def _item_records(state: Any, path: tuple[int, ...], item_serdes: Any,
 
 
 def _raw_item_records(state: Any, path: tuple[int, ...]) -> Iterator[tuple[int, list[Any]]]:
-    """``(index, fields)`` of each item record of a map, in index order."""
-    for indexes, records in _item_record_batches(state, path):
+    """``(index, fields)`` of each item record of a map, in index order, read a page at a time."""
+    for indexes, records in _stored.record_batches(state.store(), op_key(state.execution_id, path), path_str(path)):
         yield from zip(indexes, records, strict=True)
-
-
-_DECODE_BATCH = 65536
-
-
-def _item_record_batches(state: Any, path: tuple[int, ...]) -> Iterator[tuple[list[int], list[list[Any]]]]:
-    """The indexes and decoded fields of every item record of a map, in index order, a batch at a
-    time: read in one pass, decoded batch by batch by one streaming msgpack unpacker (values written
-    by the default serdes included). Each batch's raw records are dropped as it is decoded, and its
-    fields once the caller has built its items: a replay that held the raw bytes and the decoded
-    fields of every item besides the items themselves took twice the memory of the run."""
-    op_id = path_str(path)
-    indexes, raws = state.store().children_columns(op_key(state.execution_id, path))
-    unpacker = new_unpacker()
-    for start in range(0, len(indexes), _DECODE_BATCH):
-        stop = min(start + _DECODE_BATCH, len(indexes))
-        unpacker.feed(b"".join(raws[start:stop]))
-        raws[start:stop] = repeat(None, stop - start)
-        try:
-            records = list(unpacker)
-            if len(records) != stop - start or countOf(map(type, records), list) != len(records):
-                raise ValueError(f"{stop - start} records decoded to {len(records)} values")
-        except (ValueError, TypeError, msgpack.UnpackException, msgpack.ExtraData, struct.error) as exc:
-            raise StoreError(
-                f"An item record of map '{op_id}' cannot be decoded ({type(exc).__name__}: {exc}). The "
-                "store may be damaged or written by another program; restore it from a copy, or remove "
-                "that execution with `durablemap rm ID` to start it afresh.") from None
-        yield indexes[start:stop], records
 
 
 def _drift(op_id: str, name: str | None, what: str) -> NonDeterministicExecutionError:
@@ -328,41 +303,30 @@ def _drift(op_id: str, name: str | None, what: str) -> NonDeterministicExecution
         "`durablemap rm ID`).", step_id=op_id)
 
 
-def _replay_rows(state: Any, path: tuple[int, ...], indexes: Sequence[int], records: list[list[Any]],
-                 started: set[int], item_serdes: Any) -> list[tuple[int, BatchItemStatus, Any, Any]]:
-    """``(index, status, result, error)`` of each finished item, from its record."""
-    op_id = path_str(path)
-    rows: list[tuple[int, BatchItemStatus, Any, Any]] = []
-    for index, fields in zip(indexes, records, strict=True):
-        if index not in started:
-            outcome = item_outcome(fields, item_serdes, index, op_id, state.execution_id)
-            if outcome is not None:
-                rows.append((index, *outcome))
-    return rows
-
-
 def replay_batch(source: Any, path: tuple[int, ...], record: Record, serdes: Any = None,
                  item_serdes: Any = None) -> BatchResult[Any]:
     """The recorded BatchResult of the finished map at ``path``: from its record, or rebuilt from
-    its item records. ``source`` has the ``execution_id`` and a ``store()`` holding its records (an
-    ExecutionState, or a reader of a store); ``serdes`` and ``item_serdes`` are the map's (None:
-    the default serdes)."""
+    its item records (a large map's read from them on demand, see ``_stored``). ``source`` has the
+    ``execution_id`` and a ``store()`` holding its records (an ExecutionState, or a reader of a
+    store); ``serdes`` and ``item_serdes`` are the map's (None: the default serdes)."""
     op_id = path_str(path)
     if record.payload is not None:
         result: BatchResult[Any] = deserialize_value(serdes, record.payload, op_id, source.execution_id)
         return result
-    state = source
-    started = set(record.get("started") or ())
+    started = list(record.get("started") or ())
+    reason = CompletionReason(record.get("reason", "ALL_COMPLETED"))
+    inputs, succeeded, failed = record.get("inputs"), record.get("succeeded"), record.get("failed")
+    store = source.store()
+    if (isinstance(inputs, int) and inputs >= _stored.LAZY_MIN_ITEMS and not record.get("flat")
+            and isinstance(succeeded, int) and isinstance(failed, int)):
+        return _stored.stored_result(store, source.execution_id, path, item_serdes, inputs=inputs, reason=reason,
+                                     started=started, succeeded=succeeded, failed=failed)
     items: list[BatchItem[Any]] = []
+    key, skip = op_key(source.execution_id, path), frozenset(started)
     with paused():  # a million new records and items would otherwise set off full collections over them
-        for indexes, records in _item_record_batches(state, path):
-            if not started and all_compact(records):
-                # Every record compact (SUCCEEDED, default serdes): build the items without a Python loop.
-                items += BatchItem.from_rows(zip(indexes, repeat(BatchItemStatus.SUCCEEDED),
-                                                 compact_values(records), repeat(None)))
-            else:
-                items += BatchItem.from_rows(_replay_rows(state, path, indexes, records, started, item_serdes))
+        for indexes, records in _stored.record_batches(store, key, op_id, 0, inputs):
+            items += _stored.batch_items(indexes, records, skip, item_serdes, op_id, source.execution_id)
     if started:
         items.extend(BatchItem(index, BatchItemStatus.STARTED) for index in started)
         items.sort(key=lambda item: item.index)
-    return BatchResult(items, CompletionReason(record.get("reason", "ALL_COMPLETED")))
+    return BatchResult(items, reason)

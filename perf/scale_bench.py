@@ -4,6 +4,7 @@
     python perf/scale_bench.py --n 1000000        # one size only
     python perf/scale_bench.py --huge             # adds N = 100M (needs far more memory today)
     python perf/scale_bench.py --strings-max 3000000 --json figures.json
+    python perf/scale_bench.py --huge --cases range   # only the range case, 1M, 10M and 100M
 
 Cases, each run twice in fresh Python processes on one fresh store:
 
@@ -15,12 +16,16 @@ Cases, each run twice in fresh Python processes on one fresh store:
   (workers read only their lines), with 2 and 8 workers; the file and its line index are made
   before the timed runs.
 
-For each, the first run (``first``) then the replay of the same execution (``replay``, every item
-read back from the store). Columns: wall time of ``handler.run`` (the process's start-up and imports
-excluded), items/s, the coordinator's peak RSS (``ru_maxrss`` of the process that runs the handler),
-all workers' peak RSS (the largest sum of the RSS of every worker process at one instant, sampled
-with psutil every 0.1 s from a thread; loky's resource tracker excluded) and the store's size on disk
-(``du``: allocated blocks of the store directory) after the run.
+For each, the first run (``first``) then the replay of the same execution (``replay``: the handler
+reads the counts; a map of a million items or more gives a BatchResult that reads its items from the
+store only when asked, so this reads none), and for ``range`` a replay that reads every item's
+result (``read``: iterates ``result.all``, streamed from the store a page at a time).
+
+Columns: wall time of ``handler.run`` (the process's start-up and imports excluded), items/s, the
+coordinator's peak RSS (``ru_maxrss`` of the process that runs the handler), all workers' peak RSS
+(the largest sum of the RSS of every worker process at one instant, sampled with psutil every 0.1 s
+from a thread; loky's resource tracker excluded) and the store's size on disk (``du``: allocated
+blocks of the store directory) after the run.
 """
 
 from __future__ import annotations
@@ -126,6 +131,9 @@ def child(case: str, n: int, workers: int, store: str, phase: str) -> None:
     @durable_execution(workers=workers, progress=False)
     def handler(event: Any, context: Any) -> Any:
         result = context.map(inputs, func, name=case)
+        if phase == "read":  # every result, streamed from the store (or from memory, small maps)
+            read = sum(1 for item in result.all if item.result is not None)
+            return [read, result.failure_count, result.total_count]
         return [result.success_count, result.failure_count, result.total_count]
 
     with WorkerSampler() as sampler:
@@ -165,10 +173,10 @@ def _format(row: dict[str, Any]) -> str:
             f"{row['workers_peak'] / MIB:18,.0f}{row['store_bytes'] / MIB:11,.0f}")
 
 
-def _cases(sizes: list[int], workers: int, strings_max: int) -> list[tuple[str, int, int]]:
-    cases = [("range", n, workers) for n in sizes]
+def _cases(sizes: list[int], workers: int, strings_max: int, kinds: list[str]) -> list[tuple[str, int, int]]:
+    cases = [("range", n, workers) for n in sizes if "range" in kinds]
     for n in sorted({min(n, strings_max) for n in sizes}):
-        cases += [("str", n, 2), ("str", n, 8), ("lines", n, 2), ("lines", n, 8)]
+        cases += [(kind, n, w) for kind in ("str", "lines") if kind in kinds for w in (2, 8)]
     return cases
 
 
@@ -180,6 +188,7 @@ def main() -> None:
     parser.add_argument("--strings-max", type=int, default=3_000_000, help="cap on N for the string inputs")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per run")
     parser.add_argument("--json", help="also write every row to this file")
+    parser.add_argument("--cases", default="range,str,lines", help="which cases (default range,str,lines)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--phase", help=argparse.SUPPRESS)
@@ -191,13 +200,13 @@ def main() -> None:
     print(f"durablemap scale benchmark: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     print(HEADER, flush=True)
     rows = []
-    for case, n, workers in _cases(sizes, args.workers, args.strings_max):
+    for case, n, workers in _cases(sizes, args.workers, args.strings_max, args.cases.split(",")):
         store = tempfile.mkdtemp(prefix="durablemap-scale-")
         try:
             if case == "lines":  # the file and its index, outside the timed runs
                 from durablemap.inputs import FileLines
                 FileLines(_lines_file(store, n), index_dir=store + "-index")
-            for phase in ("first", "replay"):
+            for phase in ("first", "replay", "read") if case == "range" else ("first", "replay"):
                 row = _run_child(case, n, workers, store, phase, args.timeout)
                 rows.append(row)
                 print(_format(row), flush=True)

@@ -75,6 +75,24 @@ def test_the_board_reports_items_still_running_as_started() -> None:
                                                         BatchItemStatus.STARTED]
 
 
+def test_a_large_maps_board_keeps_statuses_not_items() -> None:
+    # The statuses recorded by an earlier run as codes: item 1 SUCCEEDED, item 4 FAILED.
+    done = bytearray(6)
+    done[1], done[4] = 2, 3
+    board = ItemBoard(6, {}, CompletionPolicy(CompletionConfig(tolerated_failure_count=1), 6), None, None, done=done)
+    assert board.items is None and (board.succeeded, board.failed) == (1, 1)
+    assert list(board.take(6)) == [0]
+    board.start(range(1))
+    board.start([2, 3, 5])
+    chunk = ChunkResult(token=1, indexes=[2, 3], records=[], values=[4, None], errors={1: {"ErrorMessage": "x"}},
+                        elapsed=0.1)
+    assert board.finish_chunk(chunk) == (1, 1)
+    assert board.reason == CompletionReason.FAILURE_TOLERANCE_EXCEEDED
+    outcome = board.outcome()
+    assert outcome.items is None and outcome.started == [0, 5]
+    assert (outcome.succeeded, outcome.failed, outcome.total) == (2, 2, 6)
+
+
 # -- the committer -------------------------------------------------------------------------------
 
 

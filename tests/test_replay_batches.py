@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from durablemap import BatchResult, DurableContext, durable_execution
-from durablemap import _map as map_module
+from durablemap import BatchResult, DurableContext, _stored, durable_execution
 from durablemap._records import decode_record
 from durablemap._store import Store, op_key
 
@@ -34,7 +33,7 @@ def test_replay_across_decode_batches_gives_the_same_result(tmp_path: Path, fail
     first = big_results.run(event, **run)
     with Store.open(tmp_path / "s", readonly=True) as store:
         assert decode_record(store.get(op_key("x", (1,))) or b"").get("replay_children") is True
-    monkeypatch.setattr(map_module, "_DECODE_BATCH", 7)  # 15 batches, boundaries between failures
+    monkeypatch.setattr(_stored, "PAGE", 7)  # 15 batches, boundaries between failures
     replayed = big_results.run(event, **run)
     assert replayed.to_dict() == first.to_dict()
     assert [item.index for item in replayed.failed()] == fail

@@ -66,6 +66,15 @@ def test_children_are_the_direct_children_in_index_order(store: RecordStore) -> 
     assert store.children_columns(op_key("e", (9,))) == ([], [])
 
 
+def test_children_are_read_a_page_at_a_time(store: RecordStore) -> None:
+    fill_map(store)  # item 1 has an operation inside, item 300 too
+    assert store.children_columns(MAP, 0, 2) == ([0, 1], [b"item0", b"item1"])
+    assert store.children_columns(MAP, 1, 2) == ([1, 2], [b"item1", b"item2"])  # the step under 1 skipped
+    assert store.children_columns(MAP, 3) == ([300], [b"item300"])
+    assert store.children_columns(MAP, 2, 0) == ([], [])
+    assert store.children_columns(MAP, 301) == ([], [])
+
+
 def test_put_columns_with_mismatched_lengths_writes_nothing(store: RecordStore) -> None:
     with pytest.raises(StoreError, match="2 keys but 1 values"):
         store.put_columns([item_key(MAP, 0), item_key(MAP, 1)], [b"only one"])

@@ -363,24 +363,28 @@ class Store(_SideTables):
                 else:
                     return
 
-    def children_columns(self, prefix_key: bytes) -> tuple[list[int], list[bytes]]:
-        """The direct children of ``prefix_key``: their indexes and their values, in index order, in
-        one pass: the same records as ``scan_children``, read for a map's replay. Runs of keys that
-        are all direct children (a map of items without operations inside) are taken thousands at a
-        time with no Python code per record."""
+    def children_columns(self, prefix_key: bytes, start: int = 0,
+                         limit: int | None = None) -> tuple[list[int], list[bytes]]:
+        """The direct children of ``prefix_key`` from index ``start`` on, at most ``limit`` of them
+        (None: all): their indexes and their values, in index order, in one pass: the same records
+        as ``scan_children``, read a page at a time for a map's replay. Runs of keys that are all
+        direct children (a map of items without operations inside) are taken thousands at a time
+        with no Python code per record."""
         base = len(prefix_key)
         child_len = base + COMPONENT_SIZE
         index_of = struct.Struct(f">{base}xI").unpack_from
         indexes: list[int] = []
         values: list[bytes] = []
+        wanted = limit if limit is not None else MAX_COMPONENT + 1
         with self._env().read_txn("children_columns") as txn:
             cursor = txn.cursor(db=self._db(b"records"))
-            if not cursor.set_range(prefix_key):
+            seek = prefix_key + start.to_bytes(COMPONENT_SIZE, "big") if start else prefix_key
+            if not cursor.set_range(seek):
                 return indexes, values
             if cursor.key() == prefix_key and not cursor.next():
                 return indexes, values
             pairs = cursor.iternext()
-            while batch := list(islice(pairs, 4096)):
+            while len(indexes) < wanted and (batch := list(islice(pairs, min(4096, wanted - len(indexes))))):
                 keys = list(map(itemgetter(0), batch))
                 # Keys between two keys with the prefix have it too: the last one tells for all.
                 if keys[-1].startswith(prefix_key) and countOf(map(len, keys), child_len) == len(keys):

@@ -43,8 +43,10 @@ class RecordStore(Protocol):
     def scan_children(self, prefix_key: bytes) -> Iterator[tuple[int, bytes, bytes]]:
         """The direct children of ``prefix_key`` as ``(index, key, value)``, in index order."""
 
-    def children_columns(self, prefix_key: bytes) -> tuple[list[int], list[bytes]]:
-        """The direct children of ``prefix_key``: their indexes and their values, in index order."""
+    def children_columns(self, prefix_key: bytes, start: int = 0,
+                         limit: int | None = None) -> tuple[list[int], list[bytes]]:
+        """The direct children of ``prefix_key`` from index ``start`` on, at most ``limit`` of them
+        (None: all): their indexes and their values, in index order."""
 
     def delete_prefix(self, prefix: bytes) -> int:
         """Delete every record whose key starts with ``prefix``; returns how many."""
@@ -101,13 +103,24 @@ class MemoryRecords:
             if len(key) == child_len:
                 yield int.from_bytes(key[len(prefix_key):], "big"), key, value
 
-    def children_columns(self, prefix_key: bytes) -> tuple[list[int], list[bytes]]:
-        """The direct children of ``prefix_key`` as two columns."""
+    def children_columns(self, prefix_key: bytes, start: int = 0,
+                         limit: int | None = None) -> tuple[list[int], list[bytes]]:
+        """The direct children of ``prefix_key`` from index ``start`` on (at most ``limit``), as
+        two columns."""
         indexes: list[int] = []
         values: list[bytes] = []
-        for index, _key, value in self.scan_children(prefix_key):
-            indexes.append(index)
-            values.append(value)
+        keys, base = self._keys(), len(prefix_key)
+        child_len = base + COMPONENT_SIZE
+        position = bisect.bisect_left(keys, prefix_key + start.to_bytes(COMPONENT_SIZE, "big"))
+        while position < len(keys) and (limit is None or len(indexes) < limit):
+            key = keys[position]
+            position += 1
+            if not key.startswith(prefix_key):
+                break
+            value = self.records.get(key)
+            if len(key) == child_len and value is not None:
+                indexes.append(int.from_bytes(key[base:], "big"))
+                values.append(value)
         return indexes, values
 
     def delete_prefix(self, prefix: bytes) -> int:
