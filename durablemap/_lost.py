@@ -26,7 +26,7 @@ from durablemap._batch import BatchItem, BatchItemStatus
 from durablemap._errors import ErrorObject, ItemTimeoutError, WorkerCrashedError
 from durablemap._faults import Death, FaultLedger, Verdict
 from durablemap._memory import MemoryMonitor
-from durablemap._records import Kind, Record, Status, decode_item_outcome, encode_record, item_key
+from durablemap._records import decode_item_outcome, item_key, item_records
 from durablemap._state import ExecutionState
 from durablemap.executors._base import Executor, MapSpec
 
@@ -53,6 +53,7 @@ class LostItems:
         self.state, self.executor, self.spec, self.prefix = state, executor, spec, prefix
         self.faults, self.memory, self.info = faults, memory, info
         self.store = state.store()
+        self._records = item_records(spec.sub_type)
         self.timed_out: dict[int, str] = {}  # item -> its stack, for workers killed for item_timeout
 
     def settle(self, error: BaseException, lost: list[int], lost_chunks: list[tuple[Sequence[int], BaseException]],
@@ -79,8 +80,8 @@ class LostItems:
                     None, writes))
             else:
                 if index in verdict.charged:
-                    writes.append((item_key(self.prefix, index), self._record(index, Status.STARTED, None, {
-                        "crashes": self.faults.crashes[index], "exit": how})))
+                    writes.append((item_key(self.prefix, index), self._records.started(
+                        {"crashes": self.faults.crashes[index], "exit": how}, self._name(index))))
                 requeue.append(index)
         if writes and not self.spec.flat:
             self.store.put_many(writes)
@@ -132,13 +133,12 @@ class LostItems:
         error = ErrorObject.from_exception(exc)
         if data is not None:
             error = ErrorObject(error.message, error.type, data, error.stack_trace)
-        writes.append((item_key(self.prefix, index), self._record(
-            index, Status.FAILED, error.to_dict(), {"crashes": self.faults.crashes.get(index, 0)})))
+        writes.append((item_key(self.prefix, index), self._records.failed(
+            error.to_dict(), {"crashes": self.faults.crashes.get(index, 0)}, self._name(index))))
         return BatchItem(index, BatchItemStatus.FAILED, None, error)
 
-    def _record(self, index: int, status: str, error: dict[str, Any] | None, meta: dict[str, Any]) -> bytes:
-        name = self.info.names[index] if self.info.names is not None else None
-        return encode_record(Record(Kind.CONTEXT, status, name, self.spec.sub_type, None, error, meta))
+    def _name(self, index: int) -> str | None:
+        return self.info.names[index] if self.info.names is not None else None
 
 
 def _exit_description(error: BaseException) -> str:

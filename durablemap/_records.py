@@ -30,7 +30,7 @@ size above which an operation's result is not kept in its record.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from enum import StrEnum
 from operator import countOf, itemgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -47,9 +47,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BATCH_SUB_TYPES", "CHECKPOINT_SIZE_LIMIT_BYTES", "FORMAT_VERSION", "ITEM_SUB_TYPES", "Kind", "Record",
-    "RecordWriter", "Status", "SubType", "all_compact", "as_record", "compact_fields", "compact_values",
-    "decode_item_outcome", "decode_raw", "decode_record", "encode_inline_item", "encode_record", "is_compact",
-    "item_index", "item_key", "item_keys", "item_outcome", "op_key", "path_of", "record_head",
+    "ItemRecords", "RecordWriter", "Status", "SubType", "all_compact", "as_record", "compact_fields",
+    "compact_values", "decode_item_outcome", "decode_raw", "decode_record", "encode_record", "fields_meta",
+    "is_compact", "is_compact_raw", "item_index", "item_key", "item_keys", "item_outcome", "item_records",
+    "op_key", "path_of", "record_head", "with_meta",
 ]
 
 #: An operation's result larger than this (serialized) is not kept in its record: a replay rebuilds
@@ -134,15 +135,92 @@ _COMPACT_SUB_TYPES = {1: SubType.MAP_ITERATION.value, 2: SubType.PARALLEL_BRANCH
 _COMPACT_CODES = {sub_type: code for code, sub_type in _COMPACT_SUB_TYPES.items()}
 
 
-def encode_inline_item(kind: str, status: str, name: str | None, sub_type: str,
-                       error: dict[str, Any] | None, meta: dict[str, Any] | None, value: bytes) -> bytes:
+def _encode_inline_item(status: str, name: str | None, sub_type: str, meta: dict[str, Any] | None,
+                        value: bytes) -> bytes:
     """The record of an item whose result ``value`` is default-serdes msgpack: compact when it can
     be (see the module docstring), else the seven fields with ``value`` as the payload."""
-    head = record_head(kind, status, sub_type) if name is None and error is None else None
+    head = record_head(Kind.CONTEXT, status, sub_type) if name is None else None
     if head is None:
-        return encode_record(Record(kind, status, name, sub_type, value, error, meta))
+        return encode_record(Record(Kind.CONTEXT, status, name, sub_type, value, None, meta))
     record: bytes = head + _pack(meta) + value
     return record
+
+
+class ItemRecords:
+    """The one builder of item records (map items and parallel branches) of one sub-type: the
+    worker's loops, ``run_item`` and crash recovery (``_lost``) all write items through it. Get one
+    with :func:`item_records`."""
+
+    __slots__ = ("fingerprinted", "head", "sub_type")
+
+    def __init__(self, sub_type: str) -> None:
+        self.sub_type = sub_type
+        #: The bytes before ``meta`` of a compact SUCCEEDED record of this sub-type (None: none).
+        self.head = record_head(Kind.CONTEXT, Status.SUCCEEDED, sub_type)
+        #: ``fingerprinted(fp, value)``: the SUCCEEDED record of a default-named item whose meta is
+        #: at most its input fingerprint ``fp`` and whose result ``value`` is default-serdes msgpack
+        #: (the hot path of tiny items: compact, the fingerprint standing for meta). A closure, not
+        #: a method: it runs once per item.
+        self.fingerprinted: Callable[[int | bytes | None, bytes], bytes] = self._fingerprinted()
+
+    def _fingerprinted(self) -> Callable[[int | bytes | None, bytes], bytes]:
+        head, pack = self.head, _pack
+        if head is None:
+            return lambda fp, value: self.succeeded(value, None if fp is None else {"fp": fp})
+        bare: bytes = head + pack(None)
+
+        def fingerprinted(fp: int | bytes | None, value: bytes) -> bytes:
+            if fp is None:
+                return bare + value
+            record: bytes = head + pack(fp) + value
+            return record
+
+        return fingerprinted
+
+    def succeeded(self, value: bytes, meta: dict[str, Any] | None = None, name: str | None = None) -> bytes:
+        """The SUCCEEDED record of an item whose result ``value`` is default-serdes msgpack."""
+        return _encode_inline_item(Status.SUCCEEDED, name, self.sub_type, meta, value)
+
+    def serialized(self, payload: bytes | str, meta: dict[str, Any] | None = None, name: str | None = None) -> bytes:
+        """The SUCCEEDED record of an item whose result a custom serdes wrote as ``payload``."""
+        return encode_record(Record(Kind.CONTEXT, Status.SUCCEEDED, name, self.sub_type, payload, None, meta))
+
+    def failed(self, error: dict[str, Any], meta: dict[str, Any] | None = None, name: str | None = None) -> bytes:
+        """The FAILED record of an item, ``error`` an ``ErrorObject.to_dict()``."""
+        return encode_record(Record(Kind.CONTEXT, Status.FAILED, name, self.sub_type, None, error, meta))
+
+    def started(self, meta: dict[str, Any] | None = None, name: str | None = None) -> bytes:
+        """The STARTED record of an unfinished item (what a worker crash leaves: its crash count)."""
+        return encode_record(Record(Kind.CONTEXT, Status.STARTED, name, self.sub_type, None, None, meta))
+
+
+@functools.cache
+def item_records(sub_type: str) -> ItemRecords:
+    """The builder of item records of ``sub_type``."""
+    return ItemRecords(sub_type)
+
+
+def with_meta(raw: bytes, key: str, value: Any) -> bytes:
+    """The record ``raw`` with ``meta[key] = value`` (a compact record's value bytes are kept as they
+    are, not decoded)."""
+    if is_compact_raw(raw):  # [code, meta, value]
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(raw), 1))
+        unpacker.feed(raw)
+        unpacker.read_array_header()
+        code, old = unpacker.unpack(), unpacker.unpack()
+        merged = dict(old) if isinstance(old, dict) else ({"fp": old} if old is not None else {})
+        merged[key] = value
+        return _encode_inline_item(Status.SUCCEEDED, None, _COMPACT_SUB_TYPES[code], merged, raw[unpacker.tell():])
+    record = decode_record(raw)
+    merged = dict(record.meta or {})
+    merged[key] = value
+    return encode_record(record._replace(meta=merged))
+
+
+def fields_meta(fields: list[Any]) -> Any:
+    """The ``meta`` of a record's ``fields`` as ``decode_raw`` gave them (compact or not): a dict,
+    a compact record's fingerprint alone, or None."""
+    return fields[1] if len(fields) == 3 else fields[6]
 
 
 @functools.cache
@@ -164,6 +242,11 @@ def compact_fields(fields: list[Any]) -> list[Any]:
         meta = {"fp": meta}
     return [Kind.CONTEXT.value, Status.SUCCEEDED.value, None, _COMPACT_SUB_TYPES[code],
             DEFAULT_SERDES.serialize(value, _CONTEXT), None, meta]
+
+
+def is_compact_raw(raw: bytes) -> bool:
+    """Whether the record bytes ``raw`` are a compact SUCCEEDED item record (nothing decoded)."""
+    return raw[:1] == _ARRAY3
 
 
 def is_compact(fields: list[Any]) -> bool:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from durablemap._records import Record, Status, decode_raw, decode_record, is_compact
+from durablemap._records import Record, Status, as_record, decode_raw, decode_record, fields_meta, is_compact_raw
 from durablemap._store import op_key, path_str
 from durablemap._tabular import require
 
@@ -77,14 +77,13 @@ def summarize(store: Any, execution_id: str) -> list[MapSummary]:
     for path, record in maps_of(store, execution_id):
         summary = MapSummary(path, record)
         for index, _key, raw in store.scan_children(op_key(execution_id, path)):
-            if raw[0] == 0x93:  # a compact record: SUCCEEDED
+            if is_compact_raw(raw):  # SUCCEEDED
                 summary.succeeded += 1
                 if b"\xa5chunk" in raw:
-                    _add_chunk(summary, decode_raw(raw)[1])
+                    _add_chunk(summary, fields_meta(decode_raw(raw)))
                 continue
-            fields = decode_raw(raw)
-            item = Record(*fields) if not is_compact(fields) else None
-            if item is None or item.sub_type not in _ITEM:
+            item = as_record(decode_raw(raw))
+            if item.sub_type not in _ITEM:
                 continue
             if item.status == Status.SUCCEEDED:
                 summary.succeeded += 1

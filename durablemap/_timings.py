@@ -25,18 +25,7 @@ from itertools import islice
 from operator import sub
 from typing import Any
 
-import msgpack
-
-from durablemap._records import (
-    Kind,
-    Record,
-    Status,
-    decode_raw,
-    decode_record,
-    encode_inline_item,
-    encode_record,
-    is_compact,
-)
+from durablemap._records import decode_raw, fields_meta, with_meta
 
 __all__ = [
     "PER_ITEM_SECONDS", "Chunk", "ItemTime", "attempt_of", "chunk_durations", "chunk_meta", "chunks_of", "item_times",
@@ -74,22 +63,7 @@ def chunk_meta(t0: float, indexes: Sequence[int], marks: Sequence[float]) -> dic
 def stamp_chunk(records: list[bytes], meta: dict[str, Any]) -> None:
     """Add the chunk's timing to the meta of its last record (``records[-1]``, re-encoded; a compact
     record's value bytes are kept as they are, not decoded)."""
-    raw = records[-1]
-    if raw[:1] == b"\x93":  # compact: [code, meta, value]
-        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(raw), 1))
-        unpacker.feed(raw)
-        unpacker.read_array_header()
-        code, old = unpacker.unpack(), unpacker.unpack()
-        merged = dict(old) if isinstance(old, dict) else ({"fp": old} if old is not None else {})
-        merged[KEY] = meta
-        sub_type = "MapIteration" if code == 1 else "ParallelBranch"
-        records[-1] = encode_inline_item(Kind.CONTEXT, Status.SUCCEEDED, None, sub_type, None, merged,
-                                         raw[unpacker.tell():])
-        return
-    record = decode_record(raw)
-    merged = dict(record.meta or {})
-    merged[KEY] = meta
-    records[-1] = encode_record(record._replace(meta=merged))
+    records[-1] = with_meta(records[-1], KEY, meta)
 
 
 @dataclass(frozen=True)
@@ -144,8 +118,7 @@ def chunks_of(store: Any, execution_id: str, path: tuple[int, ...]) -> Iterator[
     for _index, _key, raw in store.scan_children(op_key(execution_id, path)):
         if b"\xa5chunk" not in raw:  # msgpack of the key "chunk": most records have none
             continue
-        fields = decode_raw(raw)
-        meta = fields[1] if is_compact(fields) else Record(*fields).meta
+        meta = fields_meta(decode_raw(raw))
         chunk = decode_chunk(meta) if isinstance(meta, dict) else None
         if chunk is not None:
             yield chunk

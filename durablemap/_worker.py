@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import cloudpickle
-import msgpack
 
 from durablemap import _logs, _memory
 from durablemap._errors import (
@@ -40,7 +39,7 @@ from durablemap._exits import EXITS, describe_exit, is_real_interrupt, watching_
 from durablemap._fingerprint import fingerprint
 from durablemap._gc import paused
 from durablemap._memory import init_item_memory, note_peak
-from durablemap._records import Kind, Record, Status, encode_inline_item, encode_record, item_keys, record_head
+from durablemap._records import item_keys, item_records
 from durablemap._slots import SlotWriter
 from durablemap._store import path_str
 from durablemap._timings import chunk_meta, stamp_chunk
@@ -203,7 +202,8 @@ def _run_plain_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
     records, values, errors, token = result.records, result.values, result.errors, spec.token
     state, func, inputs, base, limit = spec.state, spec.func, spec.inputs, spec.path, spec.worker_memory_limit
     make_context = spec.context
-    head = record_head(Kind.CONTEXT, Status.SUCCEEDED, spec.sub_type)
+    build = item_records(spec.sub_type)
+    fingerprinted, succeeded = build.fingerprinted, build.succeeded
     pack = new_packer().pack  # this loop's own: packing never re-enters it
     fingerprints = spec.fingerprints
     error: dict[str, Any] | None
@@ -236,13 +236,7 @@ def _run_plain_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
             error = None
             peak = (memory.note(None, limit) if memory is not None and monotonic() - started >= measure
                     else None)
-            if head is None:
-                record = encode_inline_item(Kind.CONTEXT, Status.SUCCEEDED, None, spec.sub_type, None,
-                                            _meta(fp, peak), payload)
-            elif peak is None:
-                record = head + _plain_pack(fp) + payload  # compact: the fingerprint stands for meta
-            else:
-                record = head + pack_default(_meta(fp, peak)) + payload
+            record = fingerprinted(fp, payload) if peak is None else succeeded(payload, _meta(fp, peak))
         if error is not None:
             errors[len(records)] = error
         records.append(record)
@@ -252,7 +246,6 @@ def _run_plain_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
     return None
 
 
-_plain_pack = msgpack.Packer(use_bin_type=True).pack
 # Values the default serdes gives back unchanged, type included: no need to decode what was encoded.
 _SELF_DECODING = frozenset((int, float, str, bool, type(None)))
 _E = TypeVar("_E", bound=BaseException)
@@ -351,9 +344,7 @@ def run_item(spec: MapSpec, index: int) -> tuple[Any, bytes, dict[str, Any] | No
     try:
         if serdes is None:
             payload = pack_default(value)
-            return (unpack_default(payload),
-                    encode_inline_item(Kind.CONTEXT, Status.SUCCEEDED, name, spec.sub_type, None, meta, payload),
-                    None)
+            return unpack_default(payload), item_records(spec.sub_type).succeeded(payload, meta, name), None
         encoded = serialize_value(serdes, value, path_str(path), state.execution_id)
     except SerDesError as exc:
         return _unserializable(spec, index, name, exc, meta)
@@ -363,11 +354,10 @@ def run_item(spec: MapSpec, index: int) -> tuple[Any, bytes, dict[str, Any] | No
         return _failed(spec, name, ErrorObject.from_exception(SerDesError(
             f"The result of item {index} of map '{path_str(spec.path)}' was serialized but its serdes "
             f"cannot read it back: {exc}")), meta)
-    return returned, encode_record(Record(Kind.CONTEXT, Status.SUCCEEDED, name, spec.sub_type, encoded,
-                                          None, meta)), None
+    return returned, item_records(spec.sub_type).serialized(encoded, meta, name), None
 
 
 def _failed(spec: MapSpec, name: str | None, error: ErrorObject,
             meta: dict[str, Any] | None) -> tuple[None, bytes, dict[str, Any]]:
     recorded = error.to_dict()
-    return None, encode_record(Record(Kind.CONTEXT, Status.FAILED, name, spec.sub_type, None, recorded, meta)), recorded
+    return None, item_records(spec.sub_type).failed(recorded, meta, name), recorded
