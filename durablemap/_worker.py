@@ -110,6 +110,8 @@ def run_chunk_from_file(ref: tuple[int, str], indexes: Sequence[int]) -> ChunkRe
     key = f"{token}:{path}"
     spec = _specs.get(key)
     if spec is None:
+        for ended in [k for k in _specs if not os.path.exists(k.partition(":")[2])]:
+            del _specs[ended]  # a map that ended: its inputs file (see executors._itemfile) closes
         with open(path, "rb") as fh:
             spec = cloudpickle.load(fh)
         _specs[key] = spec

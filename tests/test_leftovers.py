@@ -68,8 +68,8 @@ def test_the_next_run_removes_what_a_killed_job_left(tmp_path: Path) -> None:
     assert_no_survivors(proc.pid)
     left = leftovers(proc.pid)
     assert any("durablemap-" in p for p in left) and any("sem.loky-" in p for p in left), left
-    (spec,) = Path(tempfile.gettempdir()).glob(f"durablemap-{proc.pid}-*/spec-*.pkl")
-    assert b"some user data" in spec.read_bytes()  # the pickled inputs: user data left readable
+    (inputs,) = Path(tempfile.gettempdir()).glob(f"durablemap-{proc.pid}-*/inputs-*.bin")
+    assert b"some user data" in inputs.read_bytes()  # the pickled inputs: user data left readable
     stderr = run_another_job(tmp_path)
     assert leftovers(proc.pid) == []
     assert b"leaked" not in stderr and b"resource_tracker" not in stderr, stderr.decode()

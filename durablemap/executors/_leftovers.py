@@ -4,7 +4,7 @@ A loky job that is SIGKILLed with its whole process group (``kill -9 -PGID``, th
 the session, a scheduler) leaves two kinds of files that nothing else ever removes:
 
 - its ``durablemap-<pid>-*`` directory in the temp dir: worker slots and, for every map, the pickled
-  function and its inputs (user data);
+  function and its inputs (user data: the inputs file of ``executors._itemfile``);
 - loky's named semaphores, ``/dev/shm/sem.loky-<pid>-*`` (loky names them after the process that
   created the pool; its resource tracker, killed along with the job, would have unlinked them).
 

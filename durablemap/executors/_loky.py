@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from typing import Any
 
 import cloudpickle
@@ -22,11 +23,16 @@ from durablemap._faults import Death
 from durablemap._slots import Slots, SlotState
 from durablemap._worker import init_worker, run_chunk_from_file
 from durablemap.executors._base import ChunkResult, MapSpec
+from durablemap.executors._itemfile import UnpicklableItem, write_items
 from durablemap.executors._leftovers import quiet_resource_tracker, sweep_dead_jobs
 
 __all__ = ["LokyExecutor", "default_workers", "describe_unpicklable"]
 
 _IDLE_TIMEOUT = 60.0
+# Inputs shipped inside the spec (every worker unpickles them whole) only when they are this small;
+# larger ones go to a file of encoded items that workers read item by item (see _itemfile).
+_SMALL_INPUTS = 1024  # items of a list or tuple
+_SMALL_PICKLE = 1 << 16  # bytes, pickled
 _slot_dir: str | None = None
 
 
@@ -52,8 +58,9 @@ def _process_slot_dir() -> str:
 
 
 class LokyExecutor:
-    """Runs chunks in loky worker processes; a map's function and inputs are written once to a
-    file that each worker loads once."""
+    """Runs chunks in loky worker processes; a map's function is written once to a file that each
+    worker loads once, its inputs (unless small) to a file of items each worker reads only as its
+    items need them (see _itemfile)."""
 
     chunk_seconds = 0.05  # large enough to hide what a loky task costs (~0.15 ms)
     shares_store = True  # workers on this machine open the store themselves and commit their chunks
@@ -71,9 +78,13 @@ class LokyExecutor:
         )
 
     def publish(self, spec: MapSpec) -> Any:
-        """Pickle the spec to a file the workers read; unpicklable parts raise ValidationError."""
+        """Pickle the spec to a file the workers read, its inputs (unless small) to a file of items
+        each worker reads only as its items need them; unpicklable parts raise ValidationError."""
+        inputs_path = os.path.join(self.slots.directory, f"inputs-{spec.token}.bin")
         try:
-            data = cloudpickle.dumps(spec)
+            data = cloudpickle.dumps(replace(spec, inputs=_shipped_inputs(spec.inputs, inputs_path)))
+        except UnpicklableItem as exc:
+            raise ValidationError(describe_unpicklable(spec, exc.cause, exc)) from None
         except Exception as exc:
             raise ValidationError(describe_unpicklable(spec, exc)) from None
         path = os.path.join(self.slots.directory, f"spec-{spec.token}.pkl")
@@ -82,9 +93,10 @@ class LokyExecutor:
         return (spec.token, path)
 
     def unpublish(self, ref: Any) -> None:
-        """Remove the spec file."""
-        with contextlib.suppress(OSError):
-            os.unlink(ref[1])
+        """Remove the spec file and the inputs file."""
+        for path in (ref[1], os.path.join(self.slots.directory, f"inputs-{ref[0]}.bin")):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     def submit(self, ref: Any, indexes: Sequence[int]) -> Future[ChunkResult]:
         """Queue a chunk on the pool."""
@@ -143,12 +155,28 @@ class LokyExecutor:
         return self.slots.live_pids()
 
 
-def describe_unpicklable(spec: MapSpec, exc: Exception) -> str:
+def _shipped_inputs(inputs: Sequence[Any], path: str) -> Sequence[Any]:
+    """The inputs as the workers get them: as they are when they pickle small (a range, a lazy
+    sequence that pickles as a path, a short list), else written to an item file at ``path``."""
+    if isinstance(inputs, range) or not len(inputs):
+        return inputs
+    if not isinstance(inputs, list | tuple) or len(inputs) <= _SMALL_INPUTS:
+        try:
+            if len(cloudpickle.dumps(inputs)) <= _SMALL_PICKLE:
+                return inputs
+        except Exception:
+            pass  # written item by item below: the error then names the item
+    return write_items(inputs, path)
+
+
+def describe_unpicklable(spec: MapSpec, exc: Exception, item: UnpicklableItem | None = None) -> str:
     """Say which part of a map cannot be pickled for the worker processes, and what to do."""
     where = f"map '{spec.path[-1] if spec.path else ''}'"
     culprit = "its configuration (item_serdes or item_namer results)"
     if not _picklable(spec.func):
         culprit = f"the function {getattr(spec.func, '__qualname__', spec.func)!r}"
+    elif item is not None:
+        culprit = f"inputs[{item.index}] (a {type(item.item).__name__})"
     elif not _picklable(spec.inputs):
         culprit = "the inputs"
         for index in range(min(len(spec.inputs), 10_000)):

@@ -1,0 +1,133 @@
+"""Workers receive the items of their chunks, not the whole input (issue 17, CONTRACT section 3):
+the ``inputs`` an item sees is a read-only sequence over every input that costs its worker nothing
+for the items it does not read. Large inputs travel to loky workers as a file of encoded items
+(``executors._itemfile``); small ones and cheap ones (a range, a lazy sequence) inside the spec."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pickle
+import threading
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from durablemap import DurableContext, ValidationError, durable_execution
+from durablemap.config import MapConfig
+from durablemap.executors import _loky
+from durablemap.executors._itemfile import ItemFile, UnpicklableItem, write_items
+from durablemap.executors._loky import _process_slot_dir
+
+MB = 2**20
+BIG = 4 * MB  # bytes per input of the large map
+
+
+# -- the item file on its own ------------------------------------------------------------------------
+@pytest.mark.parametrize("inputs", [
+    list(range(10_000)),  # tiny items: many to a block
+    [("a" * i, i, None) for i in range(700)],  # growing items: blocks of fewer and fewer
+    ["x" * 300_000, "y"] * 6,  # large items: one to a block
+    (1, 2.5, "three", b"four", {"five": [5]}),  # a tuple of mixed values
+    [None],
+])
+def test_an_item_file_reads_back_every_item(tmp_path: Path, inputs: Any) -> None:
+    shipped = pickle.loads(pickle.dumps(write_items(inputs, str(tmp_path / "items"))))
+    assert len(shipped) == len(inputs)
+    assert list(shipped) == list(inputs)
+    n = len(inputs)
+    assert [shipped[i] for i in reversed(range(n))] == list(reversed(inputs))  # backwards: every block again
+    assert shipped[-1] == inputs[-1] and shipped[-n] == inputs[0]
+    assert shipped[1:7:2] == list(inputs[1:7:2]) and shipped[::-1] == list(inputs)[::-1]
+    with pytest.raises(IndexError, match=f"index {n} out of range"):
+        shipped[n]
+    with pytest.raises(IndexError):
+        shipped[-n - 1]
+    with pytest.raises(TypeError, match="integers or slices"):
+        shipped["0"]
+
+
+def test_an_item_file_pickles_as_its_path(tmp_path: Path) -> None:
+    shipped = write_items(["z" * 1000] * 5000, str(tmp_path / "items"))
+    assert len(pickle.dumps(shipped)) < 300
+    assert pickle.loads(pickle.dumps(shipped))[4999] == "z" * 1000
+
+
+def test_an_unpicklable_item_is_named_by_its_index(tmp_path: Path) -> None:
+    with pytest.raises(UnpicklableItem, match=r"inputs\[1500\] \(a lock\)"):
+        write_items([*range(1500), threading.Lock(), *range(10)], str(tmp_path / "items"))
+    assert list(tmp_path.iterdir()) == []  # no half-written file left
+
+
+# -- through context.map on loky workers -------------------------------------------------------------
+def look(ctx: DurableContext, item: Any, index: int, inputs: Any) -> Any:
+    """What an item sees of ``inputs``: its own item, its neighbours, the length, a slice."""
+    assert inputs[index] == item
+    return [len(inputs), inputs[index - 1], inputs[-1], inputs[index:index + 2], type(inputs).__name__]
+
+
+@durable_execution
+def looking(event: dict[str, Any], context: DurableContext) -> Any:
+    return context.map(event["inputs"], look).get_results()
+
+
+@pytest.mark.parametrize("n", [5, 3000])
+def test_items_see_every_input_through_the_sequence_they_get(tmp_path: Path, n: int) -> None:
+    inputs = [f"item-{i}" for i in range(n)]
+    before = set(glob.glob(os.path.join(_process_slot_dir(), "inputs-*")))
+    results = looking.run({"inputs": inputs}, store=tmp_path / "s", workers=2)
+    assert results == [[n, inputs[i - 1], inputs[-1], inputs[i:i + 2], "ItemFile" if n > 1024 else "list"]
+                       for i in range(n)]
+    assert set(glob.glob(os.path.join(_process_slot_dir(), "inputs-*"))) <= before  # removed with the map
+
+
+@durable_execution
+def unpicklable_far_in(event: Any, context: DurableContext) -> Any:
+    return context.map([*range(2000), threading.Lock()], look)
+
+
+def test_an_unpicklable_input_of_a_large_map_is_named_before_anything_runs(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match=r"inputs\[2000\] \(a lock\).*pickle"):
+        unpicklable_far_in.run(None, store=tmp_path / "s", workers=2)
+
+
+def own_item_rss(ctx: DurableContext, item: str, index: int, inputs: Any) -> int:
+    """Read this item only (all of it), then say how much memory this worker holds."""
+    assert item.count("x") == len(item) - 8
+    return int(psutil.Process().memory_info().rss)
+
+
+@durable_execution
+def big_and_small(event: dict[str, Any], context: DurableContext) -> dict[str, int]:
+    n, config = event["n"], MapConfig(max_concurrency=2)
+    small = context.map([f"{i:08d}" + "x" * 1000 for i in range(n)], own_item_rss, name="small", config=config)
+    big = context.map([f"{i:08d}" + "x" * (BIG - 8) for i in range(n)], own_item_rss, name="big", config=config)
+    return {"small": max(small.get_results()), "big": max(big.get_results())}
+
+
+def test_a_worker_holds_the_items_it_reads_not_the_whole_input(tmp_path: Path) -> None:
+    """Two maps on the same two workers, each item reading only its own input: one over 32 inputs
+    of 1 KB, one over 32 of 4 MB (128 MB in all). A worker that held the whole input would grow by
+    128 MB between them; it grows by what it reads at once, an item or two."""
+    n = 32
+    peaks = big_and_small.run({"n": n}, store=tmp_path / "s", workers=2)
+    assert peaks["big"] - peaks["small"] < 10 * BIG, (peaks, n * BIG)
+
+
+# -- input drift when the inputs travel as an item file ------------------------------------------------
+def test_drift_is_detected_when_inputs_travel_as_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_faults import test_changed_inputs_are_detected_on_resume
+
+    written: list[int] = []
+    real = _loky.write_items
+
+    def counted(inputs: Any, path: str) -> ItemFile:
+        written.append(len(inputs))
+        return real(inputs, path)
+
+    monkeypatch.setattr(_loky, "_SMALL_INPUTS", 0)
+    monkeypatch.setattr(_loky, "write_items", counted)
+    test_changed_inputs_are_detected_on_resume(tmp_path)
+    assert written and set(written) <= {6, 7}
