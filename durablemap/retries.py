@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from durablemap._errors import ValidationError
 from durablemap.config import Duration
@@ -200,15 +201,15 @@ def create_retry_strategy(
     def base_delay(attempts_made: int) -> float:
         return float(initial * rate ** (attempts_made - 1))
 
+    return _strategy_of(cfg, base_delay, rng)
+
+
+def _strategy_of(cfg: RetryStrategyConfig | LinearRetryStrategyConfig, base_delay: Callable[[int], float],
+                 rng: RandomSource | None) -> RetryStrategy:
+    """The strategy of ``cfg`` (attempts, cap, jitter, which errors) with its backoff ``base_delay``."""
     retryable = _error_filter(cfg.retryable_errors, cfg.retryable_error_types)
-    return _build_strategy(
-        max_attempts=cfg.max_attempts,
-        base_delay=base_delay,
-        max_delay=cfg.max_delay,
-        jitter=cfg.jitter_strategy,
-        retryable=retryable,
-        rng=rng,
-    )
+    return _build_strategy(max_attempts=cfg.max_attempts, base_delay=base_delay, max_delay=cfg.max_delay,
+                           jitter=cfg.jitter_strategy, retryable=retryable, rng=rng)
 
 
 def create_linear_retry_strategy(
@@ -221,51 +222,35 @@ def create_linear_retry_strategy(
     def base_delay(attempts_made: int) -> float:
         return float(initial + step * (attempts_made - 1))
 
-    retryable = _error_filter(cfg.retryable_errors, cfg.retryable_error_types)
-    return _build_strategy(
-        max_attempts=cfg.max_attempts,
-        base_delay=base_delay,
-        max_delay=cfg.max_delay,
-        jitter=cfg.jitter_strategy,
-        retryable=retryable,
-        rng=rng,
-    )
+    return _strategy_of(cfg, base_delay, rng)
+
+
+def _preset(doc: str, config: RetryStrategyConfig | LinearRetryStrategyConfig) -> classmethod[Any, [], RetryStrategy]:
+    """A ``RetryPresets`` classmethod returning a fresh strategy built from ``config``."""
+    build: Callable[[Any], RetryStrategy]
+    if isinstance(config, LinearRetryStrategyConfig):
+        build = lambda cls: create_linear_retry_strategy(config)  # noqa: E731
+    else:
+        build = lambda cls: create_retry_strategy(config)  # noqa: E731
+    build.__doc__ = doc
+    return classmethod(build)
 
 
 class RetryPresets:
     """Ready-made strategies for common cases; every preset retries every error type."""
 
-    @classmethod
-    def none(cls) -> RetryStrategy:
-        """A single attempt: never retry."""
-        return create_retry_strategy(RetryStrategyConfig(max_attempts=1))
-
-    @classmethod
-    def default(cls) -> RetryStrategy:
-        """6 attempts, 5 s doubling to at most 60 s, full jitter (the step default)."""
-        return create_retry_strategy(RetryStrategyConfig(6, Duration(5), Duration(60), 2.0, JitterStrategy.FULL))
-
-    @classmethod
-    def transient(cls) -> RetryStrategy:
-        """3 attempts, 5 s doubling, half jitter: brief network or service blips."""
-        return create_retry_strategy(RetryStrategyConfig(3, Duration(5), Duration(300), 2.0, JitterStrategy.HALF))
-
-    @classmethod
-    def resource_availability(cls) -> RetryStrategy:
-        """5 attempts, 5 s doubling to at most 300 s, full jitter: waiting for a resource."""
-        return create_retry_strategy(RetryStrategyConfig(5, Duration(5), Duration(300), 2.0, JitterStrategy.FULL))
-
-    @classmethod
-    def critical(cls) -> RetryStrategy:
-        """10 attempts, 1 s growing 1.5x to at most 60 s, no jitter: work that must get through."""
-        return create_retry_strategy(RetryStrategyConfig(10, Duration(1), Duration(60), 1.5, JitterStrategy.NONE))
-
-    @classmethod
-    def linear(cls) -> RetryStrategy:
-        """6 attempts, 1 s then +1 s each time, no jitter."""
-        return create_linear_retry_strategy(
-            LinearRetryStrategyConfig(6, Duration(1), Duration(1), Duration(300), JitterStrategy.NONE)
-        )
+    none = _preset("A single attempt: never retry.", RetryStrategyConfig(max_attempts=1))
+    default = _preset("6 attempts, 5 s doubling to at most 60 s, full jitter (the step default).",
+                      RetryStrategyConfig(6, Duration(5), Duration(60), 2.0, JitterStrategy.FULL))
+    transient = _preset("3 attempts, 5 s doubling, half jitter: brief network or service blips.",
+                        RetryStrategyConfig(3, Duration(5), Duration(300), 2.0, JitterStrategy.HALF))
+    resource_availability = _preset(
+        "5 attempts, 5 s doubling to at most 300 s, full jitter: waiting for a resource.",
+        RetryStrategyConfig(5, Duration(5), Duration(300), 2.0, JitterStrategy.FULL))
+    critical = _preset("10 attempts, 1 s growing 1.5x to at most 60 s, no jitter: work that must get through.",
+                       RetryStrategyConfig(10, Duration(1), Duration(60), 1.5, JitterStrategy.NONE))
+    linear = _preset("6 attempts, 1 s then +1 s each time, no jitter.",
+                     LinearRetryStrategyConfig(6, Duration(1), Duration(1), Duration(300), JitterStrategy.NONE))
 
     @classmethod
     def fixed(cls, interval: Duration | None = None) -> RetryStrategy:
