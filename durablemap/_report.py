@@ -131,7 +131,7 @@ _edges: Any = None
 
 
 def render_report(store: Any, execution: Any, title: str | None = None) -> str:
-    """The report's HTML for ``execution`` (a ``cli._reader.Execution``)."""
+    """The report's HTML for ``execution`` (a ``durablemap.store.Execution``) of ``store``."""
     bokeh = _bokeh()
     summaries = summarize(store, execution.id)
     parts: list[Any] = [bokeh.Div(text=_header(execution, summaries), sizing_mode="stretch_width")]
@@ -173,12 +173,12 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 def _header(execution: Any, summaries: list[MapSummary]) -> str:
     duration = "-" if execution.duration is None else f"{execution.duration:.1f} s"
-    rows = [("execution", execution.id), ("handler", execution.handler or "-"), ("status", execution.status),
+    rows = [("execution", execution.id), ("handler", execution.handler or "-"), ("status", execution.state),
             ("started (last run)", _when(execution.started)), ("ended", _when(execution.ended)),
             ("duration (last run)", duration), ("runs", str(execution.runs)),
             ("report made", _when(time.time()))]
     if execution.error:
-        rows.append(("error", f"{execution.error.get('ErrorType')}: {execution.error.get('ErrorMessage')}"))
+        rows.append(("error", f"{execution.error.type}: {execution.error.message}"))
     maps = "".join(f"<li>map {html.escape(s.name)!s} [{path_str(s.path)}]: {s.record.get('inputs', '?')} inputs, "
                    f"{s.succeeded} succeeded, {s.failed} failed, {s.started} unfinished</li>" for s in summaries)
     return (f"<h1>durablemap report: {html.escape(execution.id)}</h1>{_table(rows)}"

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from durablemap import BatchItemStatus, BatchResult, DurableContext, StoreError, durable_execution
+from durablemap import BatchItemStatus, BatchResult, DurableContext, SerDesError, StoreError, durable_execution
 from durablemap._store import Store
 from durablemap.config import MapConfig
+from durablemap.serdes import SerDes, SerDesContext
 from durablemap.store import StoreReader, rebuild_batch_result
 
 
@@ -57,3 +58,67 @@ def test_a_summarised_map_is_rebuilt_from_its_items(tmp_path: Path) -> None:
 def test_opening_a_missing_store_says_what_to_pass(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no durablemap store"):
         StoreReader.open(tmp_path / "nowhere")
+
+
+class Upper(SerDes[str]):
+    """A custom serdes: the reader cannot know how to read what it wrote."""
+
+    def serialize(self, value: str, serdes_context: SerDesContext) -> str:
+        return value.upper()
+
+    def deserialize(self, data: str, serdes_context: SerDesContext) -> str:
+        return data.lower()
+
+
+def named(ctx: DurableContext, item: int, index: int, items: Any) -> int:
+    if item == 2:
+        raise KeyError("two")
+    return item * 10
+
+
+@durable_execution
+def tree(event: Any, context: DurableContext) -> Any:
+    context.step(lambda _: "first", name="first")
+    context.map([1, 2, 3], named, name="named", config=MapConfig(item_namer=lambda item, index: f"n{index}"))
+    context.map(["a", "b"], lambda ctx, item, index, items: item, name="custom",
+                config=MapConfig(item_serdes=Upper()))
+    return "done"
+
+
+def test_operations_children_items_and_timings_read_as_recorded(tmp_path: Path) -> None:
+    tree.run(None, store=tmp_path / "s", execution_id="tree", executor="inline", progress=False)
+    with StoreReader.open(tmp_path / "s") as reader:
+        execution = reader.execution("tree")
+        assert (execution.status, execution.state, execution.error, execution.interrupted) == (
+            "SUCCEEDED", "SUCCEEDED", None, False)
+        assert execution.duration is not None and execution.duration >= 0
+        own = reader.operation("tree", "")
+        assert own.id == "" and own.path == () and own.result() == "done"
+        top = list(reader.children("tree"))
+        assert [(op.id, op.name, op.sub_type) for op in top] == [
+            ("1", "first", "Step"), ("2", "named", "Map"), ("3", "custom", "Map")]
+        assert top[0].result() == "first" and top[0].finished
+        assert reader.operation("tree", "2").meta["inputs"] == 3
+        items = list(reader.children("tree", "2"))
+        assert [(op.id, op.name, op.status) for op in items] == [
+            ("2/0", "n0", "SUCCEEDED"), ("2/1", "n1", "FAILED"), ("2/2", "n2", "SUCCEEDED")]
+        assert items[1].error is not None and items[1].error.type == "KeyError"
+        got = list(reader.items("tree", "2"))
+        assert [(i.index, i.name, i.status, i.result) for i in got] == [
+            (0, "n0", BatchItemStatus.SUCCEEDED, 10), (1, "n1", BatchItemStatus.FAILED, None),
+            (2, "n2", BatchItemStatus.SUCCEEDED, 30)]
+        with pytest.raises(SerDesError):
+            list(reader.items("tree", "3"))
+        assert [i.result for i in reader.items("tree", "3", Upper())] == ["a", "b"]
+        assert [i.result for i in reader.items("tree", "3", raw_custom=True)] == ["A", "B"]
+        times = reader.item_times("tree", "2")
+        assert sorted(times) == [0, 1, 2] and all(t.duration >= 0 and t.attempt == 1 for t in times.values())
+        (slowest,) = reader.slowest("tree", "2", 1)
+        assert slowest.duration == max(t.duration for t in times.values())
+        with pytest.raises(StoreError, match="no operation '9'"):
+            reader.operation("tree", "9")
+        records = reader.read_execution("tree")
+    # read into memory: still readable with the store closed
+    assert [op.id for op in records.operations()][:2] == ["1", "2"]
+    assert records.operation("").result() == "done"
+    assert records.batch_result("2").get_results() == [10, 30]

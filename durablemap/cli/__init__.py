@@ -25,17 +25,13 @@ from typing import Any, NoReturn, TypeVar
 import click
 import cloudpickle
 
-from durablemap import BatchResult
-from durablemap._errors import StoreError
+from durablemap import BatchResult, StoreError
 from durablemap._execution import default_execution_id, default_store_path
-from durablemap._store import compact as compact_store
-from durablemap._store import execution_prefix, path_str
-from durablemap._timings import slowest
-from durablemap.cli import _reader
+from durablemap.cli import _admin, _reader
 from durablemap.cli._load import load_handler
 from durablemap.cli._reader import CliError
 from durablemap.cli._render import render_executions, render_failures, render_slowest, render_tree
-from durablemap.cli._timing import MapTimes, map_path
+from durablemap.cli._timing import MapTimes
 
 __all__ = ["main"]
 
@@ -219,8 +215,8 @@ def show(execution_id: str, store: str | None, max_items: int, as_json: bool) ->
 def _timed(node: dict[str, Any], times: MapTimes) -> dict[str, Any]:
     """``show --json``'s node with ``timing`` on items (start, duration, pid, attempt) and maps (runs)."""
     if node.get("sub_type") in _reader.ITEM_TYPES:
-        path = map_path(node["id"])
-        took = times.of(path[:-1], path[-1])
+        map_id, _, index = node["id"].rpartition("/")
+        took = times.of(map_id, int(index))
         node["timing"] = took.to_json() if took is not None else None
     elif "timeline" in node.get("meta", {}):
         node["timing"] = {"runs": node["meta"]["timeline"]}
@@ -248,7 +244,7 @@ def failures(execution_id: str, store: str | None, as_json: bool) -> None:
 
 
 def _failure_json(failure: Any, times: MapTimes) -> dict[str, Any]:
-    took = times.of(map_path(failure.map_id), failure.index)
+    took = times.of(failure.map_id, failure.index)
     return {**failure.to_json(), "timing": took.to_json() if took is not None else None}
 
 
@@ -265,15 +261,13 @@ def top(execution_id: str, map_name: str | None, count: int, store: str | None, 
         with _reader.open_store(_store_path(store)) as handle:
             _reader.load_execution(handle, execution_id, counts=False)
             maps = (_reader.find_maps(handle, execution_id, map_name) if map_name is not None
-                    else _report_maps(handle, execution_id))
+                    else _reader.all_maps(handle, execution_id))
             if map_name is not None and not maps:
                 raise CliError(f"execution {execution_id!r} has no map named {map_name!r}; "
                                f"`durablemap show {execution_id}` lists its operations")
             rows: list[tuple[str, str | None, Any]] = []
-            for path, record in maps:
-                timeline = list(record.get("timeline") or [])
-                rows.extend((path_str(path), record.name, t)
-                            for t in slowest(handle, execution_id, path, count, timeline))
+            for op in maps:
+                rows.extend((op.id, op.name, t) for t in handle.slowest(execution_id, op.id, count))
             rows = sorted(rows, key=lambda row: -row[2].duration)[:count]
     except CliError as exc:
         _die(str(exc))
@@ -281,11 +275,6 @@ def top(execution_id: str, map_name: str | None, count: int, store: str | None, 
         _echo_json([{"map": name, "map_id": map_id, **t.to_json()} for map_id, name, t in rows])
     else:
         render_slowest(rows)
-
-
-def _report_maps(handle: Any, execution_id: str) -> list[tuple[tuple[int, ...], Any]]:
-    from durablemap._report import maps_of
-    return maps_of(handle, execution_id)
 
 
 @main.command()
@@ -297,13 +286,12 @@ def report(execution_id: str, output: str | None, store: str | None) -> None:
     """Write one self-contained HTML file (opens offline) showing what execution ID did: items
     finished over time, chunks per worker, item durations, memory, failures, configuration and
     totals. Needs durablemap[report] (Bokeh)."""
-    from durablemap._report import render_report
     path = output or f"durablemap-report-{re.sub(r'[^A-Za-z0-9_.-]', '_', execution_id)}.html"
     try:
         with _reader.open_store(_store_path(store)) as handle:
-            execution = _reader.load_execution(handle, execution_id)
+            _reader.load_execution(handle, execution_id, counts=False)
             try:
-                page = render_report(handle, execution)
+                page = handle.report(execution_id)
             except ImportError as exc:
                 raise CliError(str(exc)) from None
         with open(path, "w", encoding="utf-8") as fh:
@@ -339,26 +327,26 @@ def export(execution_id: str, map_name: str, fmt: str, output: str, row_group: i
     try:
         with _reader.open_store(_store_path(store)) as handle:
             _reader.load_execution(handle, execution_id, counts=False)
-            path = _one_map(handle, execution_id, map_name)
+            op_id = _one_map(handle, execution_id, map_name)
             if fmt == "parquet":
-                _export_parquet(lambda: _reader.iter_items(handle, execution_id, path), output, row_group)
+                _export_parquet(lambda: _reader.iter_items(handle, execution_id, op_id), output, row_group)
                 return
             with click.open_file(output, "w", encoding="utf-8") as out:
-                _write_rows(_reader.iter_items(handle, execution_id, path), fmt, out)
+                _write_rows(_reader.iter_items(handle, execution_id, op_id), fmt, out)
     except CliError as exc:
         _die(str(exc))
 
 
-def _one_map(handle: Any, execution_id: str, map_name: str) -> tuple[int, ...]:
+def _one_map(handle: Any, execution_id: str, map_name: str) -> str:
     maps = _reader.find_maps(handle, execution_id, map_name)
     if not maps:
         raise CliError(f"execution {execution_id!r} has no map named {map_name!r}; "
                        f"`durablemap show {execution_id}` lists its operations")
     if len(maps) > 1:
-        ids = ", ".join(path_str(p) for p, _ in maps)
+        ids = ", ".join(op.id for op in maps)
         raise CliError(f"{len(maps)} maps are named {map_name!r} (operation ids {ids}); "
                        "pass --map with the operation id")
-    return maps[0][0]
+    return maps[0].id
 
 
 def _export_parquet(make_rows: Callable[[], Iterator[dict[str, Any]]], output: str, row_group: int) -> None:
@@ -392,12 +380,12 @@ def _write_rows(rows: Iterator[dict[str, Any]], fmt: str, output: Any) -> None:
 def rm(execution_id: str, store: str | None, force: bool, no_compact: bool) -> None:
     """Remove execution ID and all its records, then compact the store file (see `compact`)."""
     try:
-        with _reader.open_store(_store_path(store), readonly=False) as handle:
+        with _reader.open_store(_store_path(store)) as handle:
             execution = _reader.load_execution(handle, execution_id, counts=False)
-            if execution.status == "RUNNING" and not force:
-                raise CliError(f"execution {execution_id!r} is being run by a live process; stop it "
-                               "first, or pass --force")
-            removed = _remove(handle, execution_id)
+        if execution.status == "RUNNING" and not force:
+            raise CliError(f"execution {execution_id!r} is being run by a live process; stop it "
+                           "first, or pass --force")
+        ((_id, removed),) = _admin.remove_executions(_store_path(store), [execution_id])
     except CliError as exc:
         _die(str(exc))
     click.echo(f"removed execution {execution_id} ({removed} records)")
@@ -408,7 +396,7 @@ def rm(execution_id: str, store: str | None, force: bool, no_compact: bool) -> N
 def _compact(path: str, *, strict: bool) -> None:
     """Compact the store; a refusal (the store is open elsewhere) fails the command only if ``strict``."""
     try:
-        sizes = compact_store(path)
+        sizes = _admin.compact_store(path)
     except StoreError as exc:
         if strict:
             _die(str(exc), EXIT_FAILED)
@@ -425,12 +413,6 @@ def compact_command(store: str | None) -> None:
     """Shrink the store file to the space its records use (LMDB compaction into a new file, swapped
     in atomically). Refused, changing nothing, while any other process has the store open."""
     _compact(_store_path(store), strict=True)
-
-
-def _remove(handle: Any, execution_id: str) -> int:
-    removed: int = handle.delete_prefix(execution_prefix(execution_id))
-    handle.index_delete("executions", execution_id.encode())
-    return removed
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -454,13 +436,16 @@ def gc(older_than: str, store: str | None, dry_run: bool, no_compact: bool) -> N
     file (see `compact`) so the space they took goes back to the disk."""
     cutoff = time.time() - _parse_duration(older_than)
     try:
-        with _reader.open_store(_store_path(store), readonly=dry_run) as handle:
+        with _reader.open_store(_store_path(store)) as handle:
             old = [e for e in _reader.list_executions(handle, counts=False)
                    if e.status in ("SUCCEEDED", "FAILED") and (e.ended or e.started or 0.0) < cutoff]
+        status = {e.id: e.status for e in old}
+        if dry_run:
             for execution in old:
-                removed = 0 if dry_run else _remove(handle, execution.id)
-                verb = "would remove" if dry_run else f"removed ({removed} records)"
-                click.echo(f"{verb} {execution.id} [{execution.status}]")
+                click.echo(f"would remove {execution.id} [{execution.status}]")
+        else:
+            for execution_id, removed in _admin.remove_executions(_store_path(store), list(status)):
+                click.echo(f"removed ({removed} records) {execution_id} [{status[execution_id]}]")
     except CliError as exc:
         _die(str(exc))
     click.echo(f"{len(old)} execution(s) {'to remove' if dry_run else 'removed'}", err=True)

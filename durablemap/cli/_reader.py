@@ -1,20 +1,21 @@
 """Reading a store for the command line: executions, operation trees, failed items, item results.
 
-Everything here opens the store read-only and takes no lock, so it works while a job writes the
-store and after a job was killed. Scans are streamed: a map of 200,000 items is never held in memory.
+Everything here reads through the public, read-only store API (``durablemap.store.StoreReader``):
+no lock taken, so it works while a job writes the store and after a job was killed. Scans are
+streamed: a map of millions of items is never held in memory.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from durablemap._errors import StoreError
-from durablemap._records import BATCH_SUB_TYPES, ITEM_SUB_TYPES, Record, Status, SubType, decode_record, path_of
-from durablemap._store import Store, execution_prefix, op_key, path_str
-from durablemap.serdes import deserialize_value
+from durablemap import StoreError
+from durablemap.lambda_service import OperationStatus, OperationSubType
+from durablemap.store import Execution as StoredExecution
+from durablemap.store import Operation, StoreReader
 
 __all__ = [
     "BATCH_TYPES",
@@ -22,6 +23,7 @@ __all__ = [
     "CliError",
     "Execution",
     "Node",
+    "all_maps",
     "find_maps",
     "item_counts",
     "iter_failures",
@@ -32,124 +34,102 @@ __all__ = [
     "operation_tree",
 ]
 
-BATCH_TYPES = BATCH_SUB_TYPES
-ITEM_TYPES = ITEM_SUB_TYPES
+BATCH_TYPES = frozenset((OperationSubType.MAP, OperationSubType.PARALLEL))
+ITEM_TYPES = frozenset((OperationSubType.MAP_ITERATION, OperationSubType.PARALLEL_BRANCH))
 
 
 class CliError(Exception):
     """A problem the user can fix (no store, unknown id, ...): one line, exit code 2."""
 
 
-def open_store(path: str, *, readonly: bool = True) -> Store:
-    """The store at ``path``; a missing or foreign directory is a ``CliError``."""
+def open_store(path: str) -> StoreReader:
+    """The store at ``path``, read-only; a missing or foreign directory is a ``CliError``."""
     if not os.path.isdir(path):
         raise CliError(f"no durablemap store at {path}; pass --store DIR or set $DURABLEMAP_STORE")
     try:
-        return Store.open(path, readonly=readonly)
+        return StoreReader.open(path)
     except StoreError as exc:
         raise CliError(str(exc)) from None
 
 
 @dataclass
 class Execution:
-    """One execution as ``ls`` and ``show`` describe it."""
+    """One execution as ``ls`` and ``show`` describe it: the stored execution and its item counts."""
 
-    id: str
-    handler: str | None
-    status: str
-    created: float | None
-    started: float | None
-    ended: float | None
-    runs: int
-    error: dict[str, Any] | None = None
-    pid: int | None = None
+    stored: StoredExecution
     done: int = 0
     failed: int = 0
     total: int = 0
 
+    id = property(lambda self: self.stored.id)
+    handler = property(lambda self: self.stored.handler)
+    status = property(lambda self: self.stored.state)
+    started = property(lambda self: self.stored.started)
+    ended = property(lambda self: self.stored.ended)
+    runs = property(lambda self: self.stored.runs)
+    duration = property(lambda self: self.stored.duration)
+
     @property
-    def duration(self) -> float | None:
-        """Seconds from the last run's start to its end, or None while unfinished."""
-        if self.started is None or self.ended is None or self.ended < self.started:
-            return None
-        return self.ended - self.started
+    def error(self) -> dict[str, Any] | None:
+        """The error a FAILED execution recorded, as stored."""
+        return self.stored.error.to_dict() if self.stored.error is not None else None
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""
-        return {"id": self.id, "handler": self.handler, "status": self.status, "created": self.created,
-                "started": self.started, "ended": self.ended, "duration": self.duration, "runs": self.runs,
+        e = self.stored
+        return {"id": e.id, "handler": e.handler, "status": e.state, "created": e.created,
+                "started": e.started, "ended": e.ended, "duration": e.duration, "runs": e.runs,
                 "items": {"done": self.done, "failed": self.failed, "total": self.total},
                 "error": self.error}
 
 
-def _status(record: Record, running: bool) -> str:
-    if record.status in (Status.SUCCEEDED, Status.FAILED):
-        return str(record.status)
-    if running:
-        return "RUNNING"
-    return "INTERRUPTED" if record.get("interrupted") else "STOPPED"  # a kill leaves STARTED behind
-
-
-def load_execution(store: Store, execution_id: str, *, counts: bool = True) -> Execution:
+def load_execution(reader: StoreReader, execution_id: str, *, counts: bool = True) -> Execution:
     """The execution ``execution_id``; an unknown id is a ``CliError``."""
     try:
-        raw = store.get(op_key(execution_id, ()))
+        execution = Execution(reader.execution(execution_id))
     except StoreError as exc:
         raise CliError(str(exc)) from None
-    if raw is None:
-        raise CliError(f"no execution {execution_id!r} in store {store.path}; `durablemap ls` lists them")
-    record = decode_record(raw, f"execution {execution_id!r}")
-    execution = Execution(
-        execution_id, record.get("handler") or record.name, _status(record, store.lock_is_held(execution_id)),
-        record.get("created"), record.get("started"), record.get("ended"), int(record.get("runs", 0)),
-        record.error, record.get("pid"))
     if counts:
-        execution.done, execution.failed, execution.total = item_counts(store, execution_id, ())
+        execution.done, execution.failed, execution.total = item_counts(reader, execution_id, "")
     return execution
 
 
-def list_executions(store: Store, *, counts: bool = True) -> list[Execution]:
+def list_executions(reader: StoreReader, *, counts: bool = True) -> list[Execution]:
     """Every execution of the store, oldest first."""
     executions = []
-    for key, _value in store.index_scan("executions"):
-        try:
-            executions.append(load_execution(store, key.decode(), counts=counts))
-        except CliError:
-            continue  # removed between the index scan and the read
-    executions.sort(key=lambda e: (e.created or 0.0, e.id))
+    for stored in reader.executions():
+        execution = Execution(stored)
+        if counts:
+            execution.done, execution.failed, execution.total = item_counts(reader, stored.id, "")
+        executions.append(execution)
+    executions.sort(key=lambda e: (e.stored.created or 0.0, e.id))
     return executions
 
 
-def _children(store: Store, execution_id: str,
-              path: tuple[int, ...]) -> Generator[tuple[tuple[int, ...], Record], None, None]:
-    for index, _key, raw in store.scan_children(op_key(execution_id, path)):
-        child = (*path, index)
-        yield child, decode_record(raw, f"operation {path_str(child)!r} of {execution_id!r}")
-
-
-def _batch_counts(store: Store, execution_id: str, path: tuple[int, ...], record: Record) -> tuple[int, int, int]:
+def _batch_counts(reader: StoreReader, execution_id: str, op: Operation) -> tuple[int, int, int]:
     """(done, failed, inputs) of one map: from its record when finished, else from its item records."""
-    inputs = int(record.get("inputs", 0))
-    if record.finished and record.get("succeeded") is not None:
-        failed = int(record.get("failed", 0))
-        return int(record.get("succeeded", 0)) + failed, failed, inputs
+    meta = op.meta
+    inputs = int(meta.get("inputs", 0))
+    if op.finished and meta.get("succeeded") is not None:
+        failed = int(meta.get("failed", 0))
+        return int(meta.get("succeeded", 0)) + failed, failed, inputs
     done = failed = 0
-    for _child, item in _children(store, execution_id, path):
-        if item.status == Status.FAILED:
+    for item in reader.children(execution_id, op.id):
+        if item.status == OperationStatus.FAILED:
             done, failed = done + 1, failed + 1
-        elif item.status == Status.SUCCEEDED:
+        elif item.status == OperationStatus.SUCCEEDED:
             done += 1
     return done, failed, inputs
 
 
-def item_counts(store: Store, execution_id: str, path: tuple[int, ...]) -> tuple[int, int, int]:
+def item_counts(reader: StoreReader, execution_id: str, op_id: str) -> tuple[int, int, int]:
     """(done, failed, total) over the maps of a context (not inside their items): what ``ls`` shows."""
     done = failed = total = 0
-    for child, record in list(_children(store, execution_id, path)):
-        if record.sub_type in BATCH_TYPES:
-            d, f, t = _batch_counts(store, execution_id, child, record)
-        elif record.sub_type == SubType.RUN_IN_CHILD_CONTEXT:
-            d, f, t = item_counts(store, execution_id, child)
+    for op in list(reader.children(execution_id, op_id)):
+        if op.sub_type in BATCH_TYPES:
+            d, f, t = _batch_counts(reader, execution_id, op)
+        elif op.sub_type == OperationSubType.RUN_IN_CHILD_CONTEXT:
+            d, f, t = item_counts(reader, execution_id, op.id)
         else:
             continue
         done, failed, total = done + d, failed + f, total + t
@@ -160,19 +140,18 @@ def item_counts(store: Store, execution_id: str, path: tuple[int, ...]) -> tuple
 class Node:
     """One operation in ``show``'s tree."""
 
-    path: tuple[int, ...]
-    record: Record
+    op: Operation
     children: list[Node] = field(default_factory=list)
     counts: tuple[int, int, int] | None = None  # maps: done, failed, inputs
     hidden: int = 0  # items not listed (--items)
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""
-        record = self.record
-        data: dict[str, Any] = {"id": path_str(self.path), "name": record.name, "sub_type": record.sub_type,
-                                "status": record.status, "meta": _plain(record.meta or {})}
-        if record.error:
-            data["error"] = record.error
+        op = self.op
+        data: dict[str, Any] = {"id": op.id, "name": op.name, "sub_type": op.sub_type,
+                                "status": op.status, "meta": _plain(op.meta)}
+        if op.error is not None:
+            data["error"] = op.error.to_dict()
         if self.counts is not None:
             done, failed, inputs = self.counts
             data["items"] = {"done": done, "succeeded": done - failed, "failed": failed, "total": inputs,
@@ -187,48 +166,47 @@ def _plain(meta: dict[str, Any]) -> dict[str, Any]:
             for k, v in meta.items() if isinstance(k, str)}
 
 
-def operation_tree(store: Store, execution_id: str, max_items: int) -> list[Node]:
+def operation_tree(reader: StoreReader, execution_id: str, max_items: int) -> list[Node]:
     """The operations of an execution, nested; each map lists at most ``max_items`` items."""
-    return _subtree(store, execution_id, (), max_items)
+    return _subtree(reader, execution_id, "", max_items)
 
 
-def _subtree(store: Store, execution_id: str, path: tuple[int, ...], max_items: int) -> list[Node]:
+def _subtree(reader: StoreReader, execution_id: str, op_id: str, max_items: int) -> list[Node]:
     nodes: list[Node] = []
     items = 0
-    children = _children(store, execution_id, path)
+    children = reader.children(execution_id, op_id)
     try:
-        for child, record in children:
-            if record.sub_type in ITEM_TYPES:
+        for op in children:
+            if op.sub_type in ITEM_TYPES:
                 if items >= max_items:
                     break  # the rest are only counted: the map's counts say how they ended
                 items += 1
-            nodes.append(Node(child, record))
+            nodes.append(Node(op))
     finally:
         children.close()
     for node in nodes:
-        flat = node.record.sub_type in BATCH_TYPES and bool(node.record.get("flat", False))
+        batch = node.op.sub_type in BATCH_TYPES
+        flat = batch and bool(node.op.meta.get("flat", False))
         if flat:
-            node.children, listed = _flat_subtree(store, execution_id, node, max_items)
+            node.children, listed = _flat_subtree(reader, execution_id, node, max_items)
         else:
-            node.children = _subtree(store, execution_id, node.path, max_items)
-        if node.record.sub_type in BATCH_TYPES:
-            node.counts = _batch_counts(store, execution_id, node.path, node.record)
+            node.children = _subtree(reader, execution_id, node.op.id, max_items)
+        if batch:
+            node.counts = _batch_counts(reader, execution_id, node.op)
             node.hidden = max(0, node.counts[0] - (listed if flat else len(node.children)))
     return nodes
 
 
-def _flat_subtree(store: Store, execution_id: str, node: Node, max_items: int) -> tuple[list[Node], int]:
+def _flat_subtree(reader: StoreReader, execution_id: str, node: Node, max_items: int) -> tuple[list[Node], int]:
     """A FLAT map's children: its items record nothing themselves, so the operations inside them
     are listed directly under the map (as the SDK records them), those of ``max_items`` items at
     most; and how many items that was."""
     nodes: list[Node] = []
-    inputs = int(node.record.get("inputs", 0))
+    inputs = int(node.op.meta.get("inputs", 0))
     listed = 0
     for index in range(min(inputs, max_items)):
-        for child, record in list(_children(store, execution_id, (*node.path, index))):
-            inner = Node(child, record)
-            inner.children = _subtree(store, execution_id, child, max_items)
-            nodes.append(inner)
+        for op in list(reader.children(execution_id, f"{node.op.id}/{index}")):
+            nodes.append(Node(op, _subtree(reader, execution_id, op.id, max_items)))
         listed += 1
     return nodes, listed
 
@@ -250,49 +228,41 @@ class Failure:
                 "traceback": self.error.get("StackTrace") or []}
 
 
-def iter_failures(store: Store, execution_id: str) -> Iterator[Failure]:
+def iter_failures(reader: StoreReader, execution_id: str) -> Iterator[Failure]:
     """Every FAILED map item and parallel branch of an execution, at any depth, in key order."""
     names: dict[tuple[int, ...], str | None] = {}
-    prefix = execution_prefix(execution_id)
-    for key, raw in store.scan(prefix):
-        path = path_of(key, len(prefix))
-        record = decode_record(raw, f"operation {path_str(path)!r} of {execution_id!r}")
-        if record.sub_type in BATCH_TYPES:
-            names[path] = record.name
-        elif record.sub_type in ITEM_TYPES and record.status == Status.FAILED:
-            parent = path[:-1]
-            yield Failure(path_str(parent), names.get(parent), path[-1], record.name, record.error or {})
+    for op in reader.operations(execution_id):
+        if op.sub_type in BATCH_TYPES:
+            names[op.path] = op.name
+        elif op.sub_type in ITEM_TYPES and op.status == OperationStatus.FAILED:
+            path = op.path
+            parent = op.id.rpartition("/")[0]
+            error = op.error.to_dict() if op.error is not None else {}
+            yield Failure(parent, names.get(path[:-1]), path[-1], op.name, error)
 
 
-def find_maps(store: Store, execution_id: str, name: str) -> list[tuple[tuple[int, ...], Record]]:
-    """The maps (and parallels) named ``name``, or whose operation id is ``name``, outside items."""
+def all_maps(reader: StoreReader, execution_id: str) -> list[Operation]:
+    """The maps (and parallels) of an execution outside items (in child contexts too), by id."""
     found = []
-    pending: list[tuple[int, ...]] = [()]
+    pending = [""]
     while pending:
-        for child, record in list(_children(store, execution_id, pending.pop())):
-            if record.sub_type in BATCH_TYPES and name in (record.name, path_str(child)):
-                found.append((child, record))
-            elif record.sub_type == SubType.RUN_IN_CHILD_CONTEXT:
-                pending.append(child)
-    return sorted(found)
+        for op in list(reader.children(execution_id, pending.pop())):
+            if op.sub_type in BATCH_TYPES:
+                found.append(op)
+            elif op.sub_type == OperationSubType.RUN_IN_CHILD_CONTEXT:
+                pending.append(op.id)
+    return sorted(found, key=lambda op: op.path)
 
 
-def _decode_result(payload: bytes | str | None, op_id: str, execution_id: str) -> Any:
-    if payload is None:
-        return None
-    try:
-        return deserialize_value(None, payload, op_id, execution_id)
-    except Exception:
-        # A custom serdes wrote it: give its text form, never run user code to decode it.
-        return payload if isinstance(payload, str) else payload.hex()
+def find_maps(reader: StoreReader, execution_id: str, name: str) -> list[Operation]:
+    """The maps (and parallels) named ``name``, or whose operation id is ``name``, outside items."""
+    return [op for op in all_maps(reader, execution_id) if name in (op.name, op.id)]
 
 
-def iter_items(store: Store, execution_id: str, path: tuple[int, ...]) -> Iterator[dict[str, Any]]:
-    """One row per recorded item of the map at ``path``: index, name, status, result, error (streamed)."""
-    for index, _key, raw in store.scan_children(op_key(execution_id, path)):
-        op_id = path_str((*path, index))
-        record = decode_record(raw, f"item {op_id!r} of {execution_id!r}")
-        yield {"index": index, "name": record.name, "status": record.status,
-               "result": _decode_result(record.payload, op_id, execution_id) if record.status == Status.SUCCEEDED
-               else None,
-               "error": record.error}
+def iter_items(reader: StoreReader, execution_id: str, op_id: str) -> Iterator[dict[str, Any]]:
+    """One row per recorded item of the map ``op_id``: index, name, status, result, error (streamed).
+    A result written by a custom serdes comes as its recorded text (or the hex of its bytes): the
+    CLI never runs user code to decode it."""
+    for item in reader.items(execution_id, op_id, raw_custom=True):
+        yield {"index": item.index, "name": item.name, "status": item.status.value, "result": item.result,
+               "error": item.error.to_dict() if item.error is not None else None}

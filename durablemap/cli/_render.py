@@ -7,10 +7,9 @@ from collections.abc import Iterable
 
 import click
 
-from durablemap._store import path_str
-from durablemap._timings import ItemTime
 from durablemap.cli._reader import ITEM_TYPES, Execution, Failure, Node
-from durablemap.cli._timing import MapTimes, describe, map_path, run_summary
+from durablemap.cli._timing import MapTimes, describe, run_summary
+from durablemap.store import ItemTime
 
 __all__ = ["format_duration", "render_executions", "render_failures", "render_slowest", "render_tree"]
 
@@ -61,24 +60,25 @@ def render_tree(execution: Execution, tree: list[Node], times: MapTimes | None =
 
 
 def _render_node(node: Node, depth: int, times: MapTimes | None) -> None:
-    record = node.record
-    parts = [f"[{path_str(node.path)}]", record.sub_type or record.kind]
-    if record.name:
-        parts.append(repr(record.name))
-    parts.append(record.status)
+    op = node.op
+    meta = op.meta
+    parts = [f"[{op.id}]", op.sub_type or op.kind]
+    if op.name:
+        parts.append(repr(op.name))
+    parts.append(op.status)
     if node.counts is not None:
         done, failed, inputs = node.counts
         parts.append(f"{done}/{inputs} done ({done - failed} succeeded, {failed} failed)")
-        if record.get("reason"):
-            parts.append(str(record.get("reason")))
-        ran = run_summary(list(record.get("timeline") or []))
+        if meta.get("reason"):
+            parts.append(str(meta.get("reason")))
+        ran = run_summary(list(meta.get("timeline") or []))
         if ran:
             parts.append(ran)
-    elif times is not None and record.sub_type in ITEM_TYPES and node.path:
-        took = describe(times.of(node.path[:-1], node.path[-1]))
+    elif times is not None and op.sub_type in ITEM_TYPES and op.id:
+        map_id, _, index = op.id.rpartition("/")
+        took = describe(times.of(map_id, int(index)))
         if took:
             parts.append(took)
-    meta = record.meta or {}
     for key in ("duration", "attempt"):
         if key in meta:
             parts.append(f"{key} {meta[key]}")
@@ -87,8 +87,8 @@ def _render_node(node: Node, depth: int, times: MapTimes | None) -> None:
             parts.append(f"{key.replace('_', ' ')} {value / 2**20:.0f} MiB")
         elif key == "memory_wait_seconds" and value:
             parts.append(f"held back by the memory budget {value:.1f} s")
-    if record.error and record.status == "FAILED":
-        parts.append(f"{record.error.get('ErrorType')}: {record.error.get('ErrorMessage')}")
+    if op.error is not None and op.status == "FAILED":
+        parts.append(f"{op.error.type}: {op.error.message}")
     click.echo("  " * depth + " ".join(parts))
     for child in node.children:
         _render_node(child, depth + 1, times)
@@ -103,7 +103,7 @@ def render_failures(execution: Execution, failures: Iterable[Failure], times: Ma
         count += 1
         error = failure.error
         name = f" {failure.name!r}" if failure.name else ""
-        took = describe(times.of(map_path(failure.map_id), failure.index)) if times is not None else ""
+        took = describe(times.of(failure.map_id, failure.index)) if times is not None else ""
         click.echo(f"map {failure.map_name!r} [{failure.map_id}] item {failure.index}{name}: "
                    f"{error.get('ErrorType')}: {error.get('ErrorMessage')}" + (f" ({took})" if took else ""))
         for line in error.get("StackTrace") or []:

@@ -4,22 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from durablemap._records import decode_record
-from durablemap._store import op_key
-from durablemap._timings import ItemTime, item_times
+from durablemap.store import ItemTime, StoreReader
 
-__all__ = ["MapTimes", "map_path", "run_summary"]
-
-
-def map_path(op_id: str) -> tuple[int, ...]:
-    """The path of an operation id such as ``"1/2"``."""
-    return tuple(int(part) for part in op_id.split("/")) if op_id else ()
-
-
-def timeline_of(store: Any, execution_id: str, path: tuple[int, ...]) -> list[list[Any]]:
-    """The map's runs, ``[start, end]`` each (empty for a map recorded before timings existed)."""
-    raw = store.get(op_key(execution_id, path))
-    return list(decode_record(raw).get("timeline") or []) if raw is not None else []
+__all__ = ["MapTimes", "describe", "run_summary"]
 
 
 def run_summary(timeline: list[list[Any]]) -> str | None:
@@ -36,16 +23,15 @@ def run_summary(timeline: list[list[Any]]) -> str | None:
 class MapTimes:
     """Each map's item timings, read once per map when first asked for."""
 
-    def __init__(self, store: Any, execution_id: str) -> None:
-        self.store, self.execution_id = store, execution_id
-        self._maps: dict[tuple[int, ...], dict[int, ItemTime]] = {}
+    def __init__(self, reader: StoreReader, execution_id: str) -> None:
+        self.reader, self.execution_id = reader, execution_id
+        self._maps: dict[str, dict[int, ItemTime]] = {}
 
-    def of(self, path: tuple[int, ...], index: int) -> ItemTime | None:
-        """The timing of item ``index`` of the map at ``path``, or None when it has none."""
-        times = self._maps.get(path)
+    def of(self, map_id: str, index: int) -> ItemTime | None:
+        """The timing of item ``index`` of the map ``map_id``, or None when it has none."""
+        times = self._maps.get(map_id)
         if times is None:
-            timeline = timeline_of(self.store, self.execution_id, path)
-            times = self._maps[path] = item_times(self.store, self.execution_id, path, timeline)
+            times = self._maps[map_id] = self.reader.item_times(self.execution_id, map_id)
         return times.get(index)
 
 

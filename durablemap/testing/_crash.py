@@ -36,11 +36,11 @@ from typing import Any
 import cloudpickle
 import psutil
 
-from durablemap._errors import ErrorObject, SerDesError, ValidationError
-from durablemap._records import Record, Status, decode_record
-from durablemap._store import Store, decode_key, execution_prefix, op_key, path_str, set_commit_hook
+from durablemap import ErrorObject, SerDesError, StoreError, ValidationError
+from durablemap._records import decode_record
+from durablemap._store import Store, decode_key, execution_prefix, path_str, set_commit_hook
 from durablemap.lambda_service import OperationStatus, OperationSubType
-from durablemap.serdes import deserialize_value
+from durablemap.store import Operation, StoreReader
 from durablemap.testing._runner import DurableFunctionTestResult, DurableTestRunner, InvocationStatus, _Snapshot
 
 __all__ = ["CrashReport", "crash_test", "handler_spec"]
@@ -48,7 +48,7 @@ __all__ = ["CrashReport", "crash_test", "handler_spec"]
 _PLAN_ENV = "DURABLEMAP_CRASH_PLAN"
 _EXECUTION_ID = "durablemap-crash-test"
 _KILL_MODES = ("job", "worker")
-_FINISHED = (Status.SUCCEEDED, Status.FAILED)
+_FINISHED = (OperationStatus.SUCCEEDED, OperationStatus.FAILED)
 _ITEM_SUB_TYPES = (OperationSubType.MAP_ITERATION, OperationSubType.PARALLEL_BRANCH)
 
 
@@ -166,7 +166,7 @@ def crash_test(handler: Any, event: Any = None, *, after: int | None = None, kil
         _run_child(dict(crashed, kill=None), workdir, timeout)
         commits = _journal(crashed["journal"])
         counts = Counter(commits)
-        status, value = _outcome(_read_execution(crashed["store"])[1])
+        status, value = _outcome(_read_execution(crashed["store"]))
         report = CrashReport(
             handler=spec, kill=kill, after=n, total_operations=total,
             crashed=os.path.exists(crashed["kill"]["flag"]), recorded_before_resume=before,
@@ -233,18 +233,17 @@ def _journal(path: str) -> list[str]:
 
 def _recorded(store_path: str) -> set[str]:
     """The operations (but the execution itself) whose finished record is in the store."""
-    store = Store.for_process(store_path)
-    prefix = execution_prefix(_EXECUTION_ID)
-    return {path_str(decode_key(key)[1]) for key, raw in store.scan(prefix)
-            if len(key) > len(prefix) and decode_record(raw).status in _FINISHED}
+    with StoreReader.open(store_path) as reader:
+        return {op.id for op in reader.operations(_EXECUTION_ID) if op.finished}
 
 
-def _read_execution(store_path: str) -> tuple[Store, Record]:
-    store = Store.for_process(store_path)
-    raw = store.get(op_key(_EXECUTION_ID, ()))
-    if raw is None:
-        raise RuntimeError(f"no execution was recorded in {store_path}")
-    return store, decode_record(raw)
+def _read_execution(store_path: str) -> Operation:
+    """The execution's own record."""
+    try:
+        with StoreReader.open(store_path) as reader:
+            return reader.operation(_EXECUTION_ID, "")
+    except StoreError:
+        raise RuntimeError(f"no execution was recorded in {store_path}") from None
 
 
 def _reference(spec: str, event: Any, workers: int | None, executor: str | None, real_time: bool,
@@ -253,7 +252,7 @@ def _reference(spec: str, event: Any, workers: int | None, executor: str | None,
     and how many of those are inside map items or parallel branches (a worker records those)."""
     with DurableTestRunner(_resolve(spec), workers=workers, executor=executor, real_time=real_time) as runner:
         run = runner.run(event, timeout=timeout)
-    status, value = _outcome(run._snapshot.records[()])
+    status, value = _outcome(run._snapshot.operations[()])
     done = (OperationStatus.SUCCEEDED, OperationStatus.FAILED)
     finished = [op for op in run.get_all_operations() if op.status in done]
     items = {op.path for op in run.get_all_operations() if op.sub_type in _ITEM_SUB_TYPES}
@@ -270,36 +269,32 @@ def _resolve(spec: str) -> Any:
     return obj
 
 
-def _outcome(record: Record) -> tuple[InvocationStatus, Any]:
-    """The recorded status and result (or error) of an execution record."""
-    if record.status == Status.FAILED:
-        return InvocationStatus.FAILED, ErrorObject.from_dict(record.error or {}).to_dict()
-    if record.status != Status.SUCCEEDED:
+def _outcome(execution: Operation) -> tuple[InvocationStatus, Any]:
+    """The recorded status and result (or error) of an execution's own record."""
+    if execution.status == OperationStatus.FAILED:
+        return InvocationStatus.FAILED, (execution.error or ErrorObject(None, None)).to_dict()
+    if execution.status != OperationStatus.SUCCEEDED:
         return InvocationStatus.PENDING, None
-    if record.payload is None:
-        return InvocationStatus.SUCCEEDED, record.get("result_repr")
+    if execution.payload is None:
+        return InvocationStatus.SUCCEEDED, execution.meta.get("result_repr")
     try:
-        return InvocationStatus.SUCCEEDED, deserialize_value(None, record.payload, "", _EXECUTION_ID)
+        return InvocationStatus.SUCCEEDED, execution.result()
     except SerDesError:
-        return InvocationStatus.SUCCEEDED, record.payload
+        return InvocationStatus.SUCCEEDED, execution.payload
 
 
 def _reassembled(store_path: str) -> set[str]:
     """Child contexts too large to record whole: a replay runs their block again by design."""
-    store = Store.for_process(store_path)
-    out = set()
-    for key, raw in store.scan(execution_prefix(_EXECUTION_ID)):
-        record = decode_record(raw)
-        if record.get("replay_children") and record.sub_type == OperationSubType.RUN_IN_CHILD_CONTEXT:
-            out.add(path_str(decode_key(key)[1]))
-    return out
+    with StoreReader.open(store_path) as reader:
+        return {op.id for op in reader.operations(_EXECUTION_ID)
+                if op.meta.get("replay_children") and op.sub_type == OperationSubType.RUN_IN_CHILD_CONTEXT}
 
 
 def _view(store_path: str, status: InvocationStatus, value: Any) -> DurableFunctionTestResult:
-    store, record = _read_execution(store_path)
-    error = ErrorObject.from_dict(record.error) if record.error else None
+    snapshot = _Snapshot.read(store_path, _EXECUTION_ID)
+    error = snapshot.operations[()].error
     result = value if status is InvocationStatus.SUCCEEDED else None
-    return DurableFunctionTestResult(status, result, error, _Snapshot.read(store, _EXECUTION_ID), store.path)
+    return DurableFunctionTestResult(status, result, error, snapshot, os.path.realpath(store_path))
 
 
 # -- the child side: runs in the subprocess and in each of its workers ------------------------------

@@ -24,24 +24,14 @@ from enum import StrEnum
 from types import FrameType, TracebackType
 from typing import Any
 
+from durablemap import ErrorObject, SerDesError
 from durablemap._clock import Clock, VirtualClock
-from durablemap._errors import ErrorObject, SerDesError
 from durablemap._execution import DurableFunction, default_execution_id, durable_execution, make_executor
-from durablemap._records import Record, Status, decode_record
-from durablemap._store import Store, decode_key, op_key, path_str
-from durablemap._store._interface import MemoryRecords, RecordStore
+from durablemap._store import Store
 from durablemap.lambda_service import OperationStatus, OperationSubType, OperationType
-from durablemap.serdes import deserialize_value
-from durablemap.store import rebuild_batch_result
+from durablemap.store import ExecutionRecords, Operation, StoreReader
 
-__all__ = [
-    "DurableFunctionTestResult",
-    "DurableFunctionTestRunner",
-    "DurableTestRunner",
-    "InvocationStatus",
-    "OperationNotFoundError",
-    "OperationView",
-]
+# The public names are listed once, in durablemap.testing.__all__.
 
 #: The execution id every test run uses (each run has a store of its own).
 TEST_EXECUTION_ID = "durablemap-test"
@@ -67,16 +57,16 @@ _BATCH_SUB_TYPES = frozenset((OperationSubType.MAP, OperationSubType.PARALLEL))
 
 
 class _Snapshot:
-    """Every record of one execution, decoded, with a parent -> children index."""
+    """Every record of one execution (read through the public ``StoreReader.read_execution``),
+    with a parent -> children index."""
 
-    def __init__(self, execution_id: str, records: dict[tuple[int, ...], Record],
-                 raw: dict[tuple[int, ...], bytes]) -> None:
-        self.execution_id = execution_id
-        self.records = records
-        self.raw = raw
-        self._memory: MemoryRecords | None = None
+    def __init__(self, records: ExecutionRecords) -> None:
+        self.execution_id = records.execution_id
+        self.source = records
+        self.operations: dict[tuple[int, ...], Operation] = {(): records.operation("")}
+        self.operations.update((op.path, op) for op in records.operations())
         self.children: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
-        for path in records:  # key order: children come out in index order
+        for path in self.operations:  # id order: children come out in index order
             if path:
                 self.children.setdefault(self._parent(path), []).append(path)
 
@@ -84,29 +74,16 @@ class _Snapshot:
         """The operation ``path`` is shown under: its parent, or for an operation inside an item of
         a FLAT map or parallel (the items record nothing) the map itself, as the SDK records it."""
         parent = path[:-1]
-        if parent not in self.records and len(path) >= 2:
-            batch = self.records.get(path[:-2])
-            if batch is not None and str(batch.sub_type) in _BATCH_SUB_TYPES and batch.get("flat", False):
+        if parent not in self.operations and len(path) >= 2:
+            batch = self.operations.get(path[:-2])
+            if batch is not None and str(batch.sub_type) in _BATCH_SUB_TYPES and batch.meta.get("flat", False):
                 return path[:-2]
         return parent
 
     @classmethod
-    def read(cls, store: Store, execution_id: str) -> _Snapshot:
-        records: dict[tuple[int, ...], Record] = {}
-        raw: dict[tuple[int, ...], bytes] = {}
-        for key, value in store.scan(op_key(execution_id, ())):
-            _eid, path = decode_key(key)
-            records[path] = decode_record(value, path_str(path))
-            raw[path] = value
-        return cls(execution_id, records, raw)
-
-    # ``_map._replay`` reads a map's items through ``state.store()``: this snapshot plays both
-    # parts, its records held in memory behind the one store interface, so a summarised map is
-    # rebuilt exactly as a replay rebuilds it.
-    def store(self) -> RecordStore:
-        if self._memory is None:
-            self._memory = MemoryRecords((op_key(self.execution_id, path), value) for path, value in self.raw.items())
-        return self._memory
+    def read(cls, store_path: str, execution_id: str) -> _Snapshot:
+        with StoreReader.open(store_path) as reader:
+            return cls(reader.read_execution(execution_id))
 
 
 class _OperationSearch:
@@ -168,23 +145,23 @@ class OperationView(_OperationSearch):
 
     def __init__(self, snapshot: _Snapshot, path: tuple[int, ...]) -> None:
         self._snapshot = snapshot
-        self._record = snapshot.records[path]
+        self._op = op = snapshot.operations[path]
         self.path = path
         #: The operation's id, as the CLI shows it (``"1/3/2"``).
-        self.id = path_str(path)
+        self.id = op.id
         #: ``OperationType``: EXECUTION, CONTEXT, STEP or WAIT.
-        self.operation_type = OperationType(self._record.kind)
+        self.operation_type = OperationType(op.kind)
         #: ``OperationStatus``: SUCCEEDED, FAILED, STARTED or PENDING.
-        self.status = OperationStatus(self._record.status)
+        self.status = OperationStatus(op.status)
         #: ``OperationSubType``: "Map", "MapIteration", "Parallel", "ParallelBranch", "Step", ...
-        self.sub_type = OperationSubType(self._record.sub_type or "")
-        default = _DEFAULT_ITEM_NAMES.get(str(self._record.sub_type))
+        self.sub_type = OperationSubType(op.sub_type or "")
+        default = _DEFAULT_ITEM_NAMES.get(str(op.sub_type))
         #: The operation's name; map items and branches get their default names.
-        self.name: str | None = self._record.name or (default.format(path[-1]) if default else None)
+        self.name: str | None = op.name or (default.format(path[-1]) if default else None)
         #: The recorded error (an ErrorObject), or None.
-        self.error = ErrorObject.from_dict(self._record.error) if self._record.error else None
+        self.error = op.error
         #: Operation-specific facts the record keeps (attempt, counts, deadline, ...).
-        self.meta: dict[str, Any] = dict(self._record.meta or {})
+        self.meta: dict[str, Any] = dict(op.meta)
         self._children: list[OperationView] | None = None
         self._result: Any = _UNSET
 
@@ -217,20 +194,20 @@ class OperationView(_OperationSearch):
         return self._result
 
     def _decode_result(self) -> Any:
-        record = self._record
-        if str(record.sub_type) in _BATCH_SUB_TYPES and record.status in (Status.SUCCEEDED, Status.FAILED):
-            if record.status == Status.FAILED:
+        op = self._op
+        if str(op.sub_type) in _BATCH_SUB_TYPES and op.finished:
+            if op.status == OperationStatus.FAILED:
                 return None
             try:
-                return rebuild_batch_result(self._snapshot.store(), self._snapshot.execution_id, self.id)
+                return self._snapshot.source.batch_result(self.id)
             except SerDesError:
                 return None  # a custom serdes wrote it: the runner cannot know how to read it
-        if record.payload is None or record.status != Status.SUCCEEDED:
+        if op.payload is None or op.status != OperationStatus.SUCCEEDED:
             return None
         try:
-            return deserialize_value(None, record.payload, self.id, self._snapshot.execution_id)
+            return op.result()
         except SerDesError:
-            return record.payload
+            return op.payload
 
     def __repr__(self) -> str:
         return f"<OperationView {self.id} {self.sub_type} {self.name!r} {self.status}>"
@@ -347,9 +324,8 @@ class DurableTestRunner:
                 "waits do not count). Raise timeout=, or look for an item that never returns.") from None
         except Exception as exc:
             status, error = InvocationStatus.FAILED, ErrorObject.from_exception(exc)
-        store = Store.for_process(path)
         eid = execution_id or default_execution_id(self.handler.func, input)
-        return DurableFunctionTestResult(status, value, error, _Snapshot.read(store, eid), store.path)
+        return DurableFunctionTestResult(status, value, error, _Snapshot.read(path, eid), os.path.realpath(path))
 
     def _new_store(self) -> str:
         path = tempfile.mkdtemp(prefix="durablemap-test-")
