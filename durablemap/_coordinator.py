@@ -45,7 +45,7 @@ from durablemap._logs import emit as emit_logs
 from durablemap._lost import LostItemInfo, LostItems
 from durablemap._memory import MemoryLimits, start_monitor
 from durablemap._observe import MapInfo, Observers
-from durablemap._records import op_key
+from durablemap._records import Record, op_key
 from durablemap._state import ExecutionState
 from durablemap.executors._base import ChunkResult, Executor, MapSpec
 
@@ -62,6 +62,8 @@ class Prior:
     items: dict[int, BatchItem[Any]] = field(default_factory=dict)
     crashes: dict[int, int] = field(default_factory=dict)
     done: bytearray | None = None
+    #: the FAILED records of the items this run retries (retry_failed): not outcomes of this run
+    stale: dict[int, Record] = field(default_factory=dict)
 
 
 class Coordinator:
@@ -96,7 +98,7 @@ class Coordinator:
             self.max_chunks = min(self.max_chunks, max(executor.workers, 1))
         self.done_at_start = self.board.succeeded + self.board.failed
         self.lost = LostItems(state, executor, spec, self.prefix, self.faults, self.memory,
-                              LostItemInfo(self.map_name, info.operation_id, item_timeout, names))
+                              LostItemInfo(self.map_name, info.operation_id, item_timeout, names), prior.stale)
         # Commits run on a thread of their own when items run elsewhere; inline maps commit in line.
         self.committer = Committer(self.store, self.prefix, threaded=executor.workers > 1, enabled=not spec.flat)
 

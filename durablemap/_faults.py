@@ -17,8 +17,8 @@ in flight) dies again without evidence, it is charged, together with the unexpla
 suspected of (its worker did die each time); a suspect that finishes is cleared of them. A break
 with no item running (idle workers killed) charges nothing.
 
-Remote executors (Dask) fail only the chunks their lost workers ran: a lost chunk of one item names
-its culprit; a bigger lost chunk's items all become suspects, to run one by one.
+Remote executors (Dask) fail only the chunks their lost workers held, running or queued behind: the
+items of a lost chunk all become suspects, to run one by one; a suspect lost running alone is charged.
 """
 
 from __future__ import annotations
@@ -73,13 +73,16 @@ class FaultLedger:
                 self.unexplained[death.index] = self.unexplained.get(death.index, 0) + 1
         return self._verdict(lost_set, charged)
 
-    def chunks_lost(self, lost: Iterable[int], culprit_chunks: Iterable[Collection[int]]) -> Verdict:
-        """A remote executor lost the chunks ``culprit_chunks`` with the workers running them (the
-        other ``lost`` items were only cancelled along): a chunk of one item names its culprit; a
-        bigger one's items become suspects, to run one by one."""
+    def chunks_lost(self, lost: Iterable[int], culprit_chunks: Iterable[Collection[int]],
+                    solo: bool = False) -> Verdict:
+        """A remote executor lost the chunks ``culprit_chunks`` with the worker holding them (the
+        other ``lost`` items were only cancelled along). A worker holds a chunk it runs and chunks
+        queued behind it, and Dask does not say which one ran: their items become suspects, to run
+        one by one. A suspect lost running alone (``solo``: nothing else of the map in flight) was
+        running on that worker: it is charged."""
         charged: set[int] = set()
         for chunk in culprit_chunks:
-            if len(chunk) == 1:
+            if solo and len(chunk) == 1:
                 charged.update(chunk)
             else:
                 self.suspects.update(chunk)

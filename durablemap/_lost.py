@@ -26,7 +26,7 @@ from durablemap._batch import BatchItem, BatchItemStatus
 from durablemap._errors import ErrorObject, ItemTimeoutError, WorkerCrashedError
 from durablemap._faults import Death, FaultLedger, Verdict
 from durablemap._memory import MemoryMonitor
-from durablemap._records import decode_item_outcome, item_key, item_records
+from durablemap._records import Record, as_record, decode_item_outcome, decode_raw, item_key, item_records
 from durablemap._state import ExecutionState
 from durablemap.executors._base import Executor, MapSpec
 
@@ -49,9 +49,11 @@ class LostItems:
     """Settles the items of one map lost in breaks (see the module docstring)."""
 
     def __init__(self, state: ExecutionState, executor: Executor, spec: MapSpec, prefix: bytes,
-                 faults: FaultLedger, memory: MemoryMonitor | None, info: LostItemInfo) -> None:
+                 faults: FaultLedger, memory: MemoryMonitor | None, info: LostItemInfo,
+                 stale: dict[int, Record] | None = None) -> None:
         self.state, self.executor, self.spec, self.prefix = state, executor, spec, prefix
         self.faults, self.memory, self.info = faults, memory, info
+        self.stale = stale or {}  # the FAILED records a retry_failed run found: not recorded by it
         self.store = state.store()
         self._records = item_records(spec.sub_type)
         self.timed_out: dict[int, str] = {}  # item -> its stack, for workers killed for item_timeout
@@ -97,19 +99,22 @@ class LostItems:
             return self.faults.pool_broke(lost, [], solo=False, explained=True)
         if deaths is None:
             culprit_chunks = [chunk for chunk, chunk_error in lost_chunks if self.executor.names_culprit(chunk_error)]
-            return self.faults.chunks_lost(lost, culprit_chunks)
+            return self.faults.chunks_lost(lost, culprit_chunks, solo)
         killed = set(self.memory.killed) if self.memory is not None else set()  # pids over the hard limit
         evidence = [Death(d.index, d.own_hand or d.pid in killed, d.pid)
                     for d in deaths if d.index not in self.timed_out]
         return self.faults.pool_broke(lost, evidence, solo, explained=bool(self.timed_out))
 
     def _recorded(self, indexes: list[int]) -> list[BatchItem[Any]]:
-        """Items among ``indexes`` whose outcome a worker committed before it died."""
+        """Items among ``indexes`` whose outcome a worker committed before it died (not the FAILED
+        record an earlier run left, which a retry_failed run finds there until it records anew)."""
         if not self.spec.commit_in_worker or not indexes:
             return []
         items = []
         for index in indexes:
             raw = self.store.get(item_key(self.prefix, index))
+            if raw is not None and index in self.stale and as_record(decode_raw(raw)) == self.stale[index]:
+                continue
             outcome = None if raw is None else decode_item_outcome(
                 raw, self.spec.item_serdes, index, self.info.operation_id, self.state.execution_id)
             if outcome is not None:

@@ -268,6 +268,8 @@ def _read_prior(state: Any, path: tuple[int, ...], inputs: Sequence[Any], item_s
                 done[index] = SUCCEEDED if outcome[0] == BatchItemStatus.SUCCEEDED else FAILED
             else:
                 prior.items[index] = BatchItem(index, *outcome)
+        elif outcome is not None:  # a FAILED item run again (retry_failed): its record is stale
+            prior.stale[index] = record
         elif status == Status.STARTED:
             prior.crashes[index] = int((meta or {}).get("crashes", 0))
     if changed and not recompute:

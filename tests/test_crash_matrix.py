@@ -1,25 +1,37 @@
-"""Issue 14's scenarios 1-3 with real worker processes: a dying worker takes down only its own item.
+"""Issue 14's crash matrix with real worker processes: a dying worker takes down only its own item.
 
-1. a poison item beside slow ones on 4 workers: only the poison item is FAILED;
-2. idle workers killed 8 times: no item is FAILED (none was running on a worker that died of it);
-3. many poison items among tiny ones on 2 workers: the job never dies of a broken pool (loky's
-   TerminatedWorkerError raised by submit() while the pool breaks is a break like any other).
+Scenarios 1-4, on loky and on a Dask LocalCluster, each repeated many times in one test (many poison
+items in one map, many kills in one storm) so that a race showing once in 15 runs shows here:
 
-A table of small bad callables (loky's tests/_executor_mixin.py and test_reusable_executor.py are the
-model), each run as one item of a map beside healthy ones through one parametrised test: whatever the
-item does (os._exit, SIGKILL of itself, a segfault, SystemExit, KeyboardInterrupt), only that item is
-FAILED, with an error naming what happened, a re-run replays the failure, and no child process is
-left afterwards.
+1. poison items beside slow ones (4 loky workers): only the poison items are FAILED, again after
+   retry_failed=True, which re-runs them and nothing else;
+2. idle workers killed (freshly started, one item at a time on 2 workers), with max_worker_crashes=1:
+   no item is FAILED, so none was charged;
+3. an instant poison storm (every 50th of many tiny items calls os._exit, 2 workers): the job never
+   dies of a broken pool, and only the poison items are FAILED;
+4. a random-worker kill storm during a map of short items: no item is FAILED unless it died running
+   max_worker_crashes times (no innocent item), every result is right.
+
+Then a table of small bad callables (loky's tests/_executor_mixin.py and test_reusable_executor.py
+are the model), each run as one item of a map beside healthy ones: whatever the item does (os._exit,
+SIGKILL of itself, a segfault, SystemExit, KeyboardInterrupt), only that item is FAILED, with an
+error naming what happened, and a re-run replays the failure. After every test no child process is
+left (the Dask cluster's, when it closes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import random
 import signal
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,73 +42,375 @@ from loky import get_reusable_executor
 from durablemap import BatchItemStatus, BatchResult, DurableContext, durable_execution
 from durablemap.config import MapConfig
 
+# -- what the items did -------------------------------------------------------------------------
+# Items append "s INDEX PID" to a log when they start and "e INDEX PID" when they end. A worker pid
+# that is dead after the map died running the item it started last (or just after it, before the
+# next): ``died_running`` counts, per item, the worker deaths it can have been charged with. An item
+# is charged only when it was running on a worker that died, so an item FAILED by crashes has at
+# least ``max_worker_crashes`` such deaths, and an item that never ran on a dead worker is never FAILED.
 
-def poison_beside_slow(ctx: DurableContext, item: int, index: int, items: Any) -> int:
-    if index == 0:
-        time.sleep(0.2)
+def log(directory: str, what: str, index: int) -> None:
+    with open(os.path.join(directory, "items.log"), "a") as fh:
+        fh.write(f"{what} {index} {os.getpid()}\n")
+
+
+def _log_lines(directory: str | Path) -> Iterator[tuple[str, int, int]]:
+    path = Path(directory, "items.log")
+    if path.exists():
+        for line in path.read_text().split("\n"):
+            parts = line.split()
+            if len(parts) == 3 and parts[0] in ("s", "e") and parts[1].isdigit() and parts[2].isdigit():
+                yield parts[0], int(parts[1]), int(parts[2])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def others_running(directory: str) -> int:
+    """How many other live worker processes are running an item now."""
+    last = {pid: what for what, _, pid in _log_lines(directory)}
+    return sum(1 for pid, what in last.items() if what == "s" and pid != os.getpid() and _alive(pid))
+
+
+def died_running(directory: str | Path) -> Counter[int]:
+    """Item -> how many workers died while running it (or just after it, before the next one)."""
+    last = {pid: index for _, index, pid in _log_lines(directory)}
+    return Counter(index for pid, index in last.items() if not _alive(pid))
+
+
+def starts(directory: str | Path) -> Counter[int]:
+    """Item -> how many times it started."""
+    return Counter(index for what, index, _ in _log_lines(directory) if what == "s")
+
+
+def wait_until(condition: Callable[[], Any], seconds: float) -> Any:
+    """Poll ``condition`` for up to ``seconds`` and return its first true answer (or the last false
+    one): items and the storm wait for evidence, not for a time."""
+    deadline = time.monotonic() + seconds
+    while not (answer := condition()) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return answer
+
+
+def workers_of(parent: int, kind: str) -> list[psutil.Process]:
+    """The live worker processes that are children of ``parent``: loky's, or a LocalCluster's
+    (multiprocessing's spawn); never a resource tracker."""
+    mark = "popen_loky" if kind == "loky" else "spawn_main"
+    found = []
+    for process in psutil.Process(parent).children():
+        try:
+            if mark in " ".join(process.cmdline()) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def assert_charged_only_when_running(result: BatchResult[Any], directory: Path, max_crashes: int) -> None:
+    deaths = died_running(directory)
+    for item in result.failed():
+        if item.error is None or item.error.type != "durablemap.WorkerCrashedError":
+            continue
+        assert deaths[item.index] >= max_crashes, (
+            f"item {item.index} FAILED but died running only {deaths[item.index]} times: {item.error.message}")
+
+
+# -- where the scenarios run: loky, or a Dask LocalCluster ----------------------------------------
+
+@dataclass
+class Where:
+    """How a scenario runs its maps: the executor's kind, its run() arguments and workers."""
+
+    kind: str
+    run: dict[str, Any]
+    workers: int
+
+    def rounds(self, loky: int, dask: int) -> int:
+        """A Dask worker restart (a nanny starting a process) costs more than a loky pool's."""
+        return loky if self.kind == "loky" else dask
+
+
+@pytest.fixture(scope="module")
+def dask_client() -> Iterator[Any]:
+    """One 2-worker LocalCluster (processes, one thread each) for the module's Dask scenarios, with
+    allowed-failures=0: a worker death reaches durablemap at once. No process of it is left after."""
+    distributed = pytest.importorskip("distributed")
+    import dask
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           dashboard_address=None)
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+        _, alive = psutil.wait_procs([p for p in _children() if p.pid not in before], timeout=10)
+        assert not alive, f"cluster processes left: {[p.pid for p in alive]}"
+
+
+@pytest.fixture
+def where(request: pytest.FixtureRequest) -> Iterator[Where]:
+    """The executor of a scenario (``loky`` or ``dask``). After the test the loky pool is stopped and
+    no child process is left but the Dask cluster's live workers (checked when it closes)."""
+    if request.param == "loky":
+        yield Where("loky", {}, 0)
+        allowed: set[int] = set()
+    else:
+        from durablemap.executors import DaskExecutor
+
+        executor = DaskExecutor(request.getfixturevalue("dask_client"))
+        yield Where("dask", {"executor": executor}, executor.workers)
+        allowed = {p.pid for p in workers_of(os.getpid(), "dask")}
+    get_reusable_executor().shutdown(wait=True, kill_workers=True)
+    _, alive = psutil.wait_procs([p for p in _children() if p.pid not in allowed], timeout=10)
+    assert not alive, f"child processes left: {[(p.pid, p.cmdline()) for p in alive]}"
+
+
+DASK = pytest.param("dask", marks=[
+    # distributed's cluster shutdown can leave a socket or a loop resource for the garbage collector
+    # and warns about it, and about a restarted nanny; neither is durablemap's behaviour.
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.filterwarnings("ignore:.*[Nn]anny.*:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*[Pp]ort.*already in use.*:UserWarning"),
+])
+EXECUTORS = pytest.mark.parametrize("where", ["loky"], indirect=True)
+
+
+def run(job: Any, event: dict[str, Any], tmp_path: Path, where: Where, **options: Any) -> BatchResult[Any]:
+    result: BatchResult[Any] = job.run(event, store=tmp_path / "s", execution_id="x", workers=where.workers or None,
+                   progress=False, **where.run, **options)
+    return result
+
+
+# -- 1. poison items beside slow ones -------------------------------------------------------------
+# Every fourth item is poison: it waits until every other worker runs a slow item, then calls
+# os._exit. The item after each poison raises until a fix is in. With max_worker_crashes=1 a single
+# charge FAILS an item: only the poison items end FAILED by a crash. Then, the fix in, a run with
+# retry_failed=True runs the FAILED items again, and nothing else, beside the poison items again:
+# the fixed ones SUCCEED (a retried item lost in a break is not taken for its old FAILED record).
+
+def poison_beside_slow_ones(ctx: DurableContext, item: dict[str, Any], index: int, items: Any) -> int:
+    directory = item["dir"]
+    log(directory, "s", index)
+    fixed = Path(directory, "fixed").exists()
+    first = Path(directory, f"poisoned-{index}-{fixed}")
+    if index % 4 == 0:
+        if not first.exists():  # later it runs alone (a suspect): nothing runs beside it
+            first.touch()
+            # in the retry only the FAILED items run: every poison has one of them beside it
+            wait_until(lambda: others_running(directory) >= (1 if fixed else item["beside"]), 10.0)
         os._exit(1)
-    time.sleep(0.5)
-    return item
-
-
-@durable_execution
-def poison_job(event: Any, context: DurableContext) -> BatchResult[int]:
-    return context.map(list(range(12)), poison_beside_slow, name="poison")
-
-
-def test_a_poison_item_beside_slow_ones_fails_alone(tmp_path: Path) -> None:
-    result = poison_job.run(None, store=tmp_path / "s", workers=4, progress=False)
-    assert [item.index for item in result.failed()] == [0]
-    assert [item.index for item in result.succeeded()] == list(range(1, 12))
-    failed = result.failed()[0]
-    assert failed.error is not None and "3 times" in (failed.error.message or "")
-
-
-def _loky_siblings() -> list[psutil.Process]:
-    me = os.getpid()
-    return [p for p in psutil.Process(os.getppid()).children()
-            if p.pid != me and "popen_loky" in " ".join(p.cmdline())]
-
-
-def kill_an_idle_worker(ctx: DurableContext, item: dict[str, Any], index: int, items: Any) -> int:
-    marker = Path(item["dir"], f"killed-{index}")
-    if index < 8 and not marker.exists():
-        marker.touch()
-        for sibling in _loky_siblings():  # max_concurrency=1: the other worker is idle
-            sibling.send_signal(signal.SIGKILL)
-        time.sleep(2)  # the pool breaks meanwhile, and takes this worker with it
+    time.sleep(0.05)
+    if index % 4 == 1 and not fixed:
+        raise ValueError("not fixed yet")
+    log(directory, "e", index)
     return index
 
 
 @durable_execution
+def poison_job(event: dict[str, Any], context: DurableContext) -> BatchResult[int]:
+    return context.map([event] * event["items"], poison_beside_slow_ones, name="poison",
+                       config=MapConfig(max_worker_crashes=1))
+
+
+@EXECUTORS
+def test_poison_items_beside_slow_ones_fail_alone(tmp_path: Path, where: Where) -> None:
+    where.workers = where.workers or 4
+    items = 4 * where.rounds(6, 2)
+    event = {"dir": str(tmp_path), "items": items, "beside": where.workers - 1}
+    poison, raising = list(range(0, items, 4)), list(range(1, items, 4))
+    result = run(poison_job, event, tmp_path, where)
+    assert [item.index for item in result.failed()] == sorted(poison + raising)
+    assert [i.index for i in result.failed() if i.error and i.error.type == "ValueError"] == raising
+    assert result.get_results() == [i for i in range(items) if i % 4 > 1]
+    assert_charged_only_when_running(result, tmp_path, 1)
+
+    before = starts(tmp_path)
+    Path(tmp_path, "fixed").touch()
+    again = run(poison_job, event, tmp_path, where, retry_failed=True)
+    assert [item.index for item in again.failed()] == poison
+    assert again.get_results() == [i for i in range(items) if i % 4 > 0]
+    assert set(starts(tmp_path) - before) == set(poison + raising)  # the others were replayed
+    assert_charged_only_when_running(again, tmp_path, 1)
+
+
+# -- 2. idle workers killed -----------------------------------------------------------------------
+# One item at a time on two workers: every third item SIGKILLs the other, idle worker (freshly
+# started after the last kill); on loky the pool breaks and takes the killer's worker too. With
+# max_worker_crashes=1 a single charge would FAIL an item: none is FAILED, and on Dask none is lost.
+
+def kill_the_idle_worker(ctx: DurableContext, item: dict[str, Any], index: int, items: Any) -> int:
+    directory = item["dir"]
+    log(directory, "s", index)
+    marker = Path(directory, f"killed-{index}")
+    if index % 3 == 0 and not marker.exists():
+        idle = wait_until(lambda: idle_workers(item["kind"]), 30.0)
+        marker.write_text(" ".join(str(p.pid) for p in idle))
+        for process in idle:
+            process.kill()
+        if item["kind"] == "loky":
+            wait_until(lambda: False, 30.0)  # loky breaks the pool and kills this worker meanwhile
+    log(directory, "e", index)
+    return index
+
+
+def idle_workers(kind: str) -> list[psutil.Process]:
+    """The other workers: loky's (started or starting), or the cluster's once it runs two again
+    (a worker killed while it starts would only make its nanny start it again)."""
+    if kind == "loky":
+        return [p for p in workers_of(os.getppid(), kind) if p.pid != os.getpid()]
+    from distributed import get_client
+
+    workers = get_client().scheduler_info()["workers"].values()
+    try:
+        others = [psutil.Process(w["pid"]) for w in workers if w["pid"] != os.getpid()]
+    except psutil.NoSuchProcess:
+        return []
+    return others if len(workers) == 2 else []
+
+
+@durable_execution
 def idle_kill_job(event: dict[str, Any], context: DurableContext) -> BatchResult[int]:
-    return context.map([event] * 12, kill_an_idle_worker, name="idle",
-                       config=MapConfig(max_concurrency=1))
+    return context.map([event] * event["items"], kill_the_idle_worker, name="idle",
+                       config=MapConfig(max_concurrency=1, max_worker_crashes=1))
 
 
-def test_idle_workers_killed_fail_no_item(tmp_path: Path) -> None:
-    result = idle_kill_job.run({"dir": str(tmp_path)}, store=tmp_path / "s", workers=2, progress=False)
-    assert [item.status for item in result.all] == [BatchItemStatus.SUCCEEDED] * 12
-    assert len(list(tmp_path.glob("killed-*"))) == 8
+@EXECUTORS
+def test_idle_workers_killed_fail_no_item(tmp_path: Path, where: Where) -> None:
+    where.workers = where.workers or 2
+    kills = where.rounds(10, 3)
+    event = {"dir": str(tmp_path), "items": 3 * kills, "kind": where.kind}
+    result = run(idle_kill_job, event, tmp_path, where)
+    assert [item.status for item in result.all] == [BatchItemStatus.SUCCEEDED] * 3 * kills
+    markers = sorted(tmp_path.glob("killed-*"))
+    assert len(markers) == kills and all(m.read_text() for m in markers)  # each killed a worker
+    again = {index for index, n in starts(tmp_path).items() if n > 1}
+    if where.kind == "dask":
+        assert not again  # Dask lost nothing: no item was on the killed worker
+    else:
+        assert again <= set(range(0, 3 * kills, 3))  # only the killers, whose worker loky killed
 
 
-def every_200th_exits(ctx: DurableContext, item: int, index: int, items: Any) -> int:
-    if index % 200 == 199:
+# -- 3. an instant poison storm ---------------------------------------------------------------------
+# Every 50th of many tiny items calls os._exit at once, on two workers: the job never dies of a
+# broken pool (loky's submit() may raise while the pool breaks), and only the poison items FAIL.
+
+def instant_poison(ctx: DurableContext, item: int, index: int, items: Any) -> int:
+    if index % 50 == 49:
         os._exit(1)
     return item * item
 
 
 @durable_execution
-def storm_job(event: Any, context: DurableContext) -> BatchResult[int]:
-    return context.map(list(range(2000)), every_200th_exits, name="storm",
+def poison_storm_job(event: dict[str, Any], context: DurableContext) -> BatchResult[int]:
+    return context.map(list(range(event["items"])), instant_poison, name="storm",
                        config=MapConfig(max_worker_crashes=1))
 
 
-def test_many_poison_items_never_kill_the_job(tmp_path: Path) -> None:
-    result = storm_job.run(None, store=tmp_path / "s", workers=2, progress=False)
-    assert [item.index for item in result.failed()] == list(range(199, 2000, 200))
-    assert len(result.succeeded()) == 1990
-    assert all(item.result == item.index ** 2 for item in result.succeeded())
+@EXECUTORS
+def test_an_instant_poison_storm_fails_only_the_poison(tmp_path: Path, where: Where) -> None:
+    where.workers = where.workers or 2
+    items = 50 * where.rounds(15, 2)
+    result = run(poison_storm_job, {"items": items}, tmp_path, where)
+    assert [item.index for item in result.failed()] == list(range(49, items, 50))
+    assert [(item.index, item.result) for item in result.succeeded()] == [
+        (i, i * i) for i in range(items) if i % 50 != 49]
+
+
+# -- 4. a random-worker kill storm --------------------------------------------------------------------
+# While a map of short items runs, a thread SIGKILLs a random live worker, waits until items run
+# again on fresh workers, and kills again. No item is FAILED unless it died running max_worker_crashes
+# times; every item's result is right.
+
+def storm_item(ctx: DurableContext, item: dict[str, Any], index: int, items: Any) -> int:
+    directory = item["dir"]
+    log(directory, "s", index)
+    over = Path(directory, "storm-over")
+    if index == item["items"] - 1:
+        wait_until(over.exists, 60.0)  # the map lasts as long as the storm
+    elif not over.exists():
+        time.sleep(item["seconds"])
+    log(directory, "e", index)
+    return index
+
+
+@durable_execution
+def storm_job(event: dict[str, Any], context: DurableContext) -> BatchResult[int]:
+    return context.map([event] * event["items"], storm_item, name="storm",
+                       config=MapConfig(max_worker_crashes=2))
+
+
+class Storm(threading.Thread):
+    """SIGKILLs a random live worker ``kills`` times, each time once an item has started on a worker
+    that did not exist at the last kill (the pool, or the killed worker, was replaced)."""
+
+    def __init__(self, directory: Path, kind: str, kills: int) -> None:
+        super().__init__(name="storm", daemon=True)
+        self.directory, self.kind, self.left = directory, kind, kills
+        self.rng = random.Random(14)
+        self.done = threading.Event()
+        self.killed: list[int] = []
+        self.offset = 0  # how much of the items' log was read
+
+    def started_on(self) -> set[int]:
+        """The pids of the workers that started an item since the last call."""
+        path = self.directory / "items.log"
+        if not path.exists():
+            return set()
+        with open(path, "rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read()
+        data = data[:data.rfind(b"\n") + 1]  # a line being written is read next time
+        self.offset += len(data)
+        return {int(line.split()[2]) for line in data.split(b"\n") if line.startswith(b"s ")}
+
+    def run(self) -> None:
+        try:
+            known: set[int] = set()
+            while self.left:
+                if not wait_until(lambda known=known: self.done.is_set() or self.started_on() - known,  # type: ignore[misc]
+                                  60.0) or self.done.is_set():
+                    return
+                victims = workers_of(os.getpid(), self.kind)
+                known = {p.pid for p in victims}
+                if victims:
+                    self.kill(self.rng.choice(victims))
+        finally:
+            (self.directory / "storm-over").touch()
+
+    def kill(self, victim: psutil.Process) -> None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            victim.kill()
+            self.killed.append(victim.pid)
+            self.left -= 1
+        wait_until(lambda: not _alive(victim.pid), 10.0)
+
+
+@EXECUTORS
+def test_a_random_worker_kill_storm_fails_no_innocent_item(tmp_path: Path, where: Where) -> None:
+    where.workers = where.workers or 2
+    kills = where.rounds(10, 2)
+    items = 5_000 if where.kind == "loky" else 1_000
+    event = {"dir": str(tmp_path), "items": items, "seconds": 0.001 if where.kind == "loky" else 0.01}
+    storm = Storm(tmp_path, where.kind, kills)
+    storm.start()
+    try:
+        result = run(storm_job, event, tmp_path, where)
+    finally:
+        storm.done.set()
+        storm.join()
+    assert len(storm.killed) == kills, f"the storm killed {len(storm.killed)} workers of {kills}"
+    assert [item.result for item in result.succeeded()] == [
+        i for i in range(items) if i not in {f.index for f in result.failed()}]
+    assert_charged_only_when_running(result, tmp_path, 2)
 
 
 # -- the table of bad callables ------------------------------------------------------------------

@@ -108,9 +108,39 @@ def test_a_timeout_kill_explains_the_break() -> None:
     assert verdict.charged == [] and ledger.suspects == set()
 
 
-def test_remote_lost_chunks_name_single_culprits_and_isolate_the_rest() -> None:
+def test_remote_lost_chunks_make_suspects_charged_only_when_lost_alone() -> None:
+    # Dask fails every chunk its lost worker held, the one it ran and those queued behind it: none
+    # of them is charged; a suspect lost again running alone is.
     ledger = FaultLedger(3)
     verdict = ledger.chunks_lost([1, 2, 3, 9], [[9], [1, 2, 3]])
-    assert verdict.charged == [9]
+    assert verdict.charged == [] and verdict.rerun == [1, 2, 3, 9]
     assert ledger.suspects == {1, 2, 3, 9}
-    assert verdict.rerun == [1, 2, 3, 9]
+    assert ledger.chunks_lost([9], [[9]], solo=True).charged == [9]
+    ledger.recorded([1, 2, 3])
+    assert ledger.suspects == {9} and ledger.crashes == {9: 1}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.permutations(range(12)), st.lists(st.integers(1, 3), max_size=3), st.booleans()),
+                max_size=12), st.integers(1, 4))
+def test_remote_losses_charge_only_a_suspect_lost_alone(history: list[tuple[list[int], list[int], bool]],
+                                                        max_crashes: int) -> None:
+    ledger = FaultLedger(max_crashes)
+    failed: set[int] = set()
+    for order, sizes, alone in history:
+        items = [i for i in order if i not in failed]
+        chunks, start = [], 0
+        for size in sizes:  # the chunks the lost worker held (running, or queued behind)
+            if items[start:start + size]:
+                chunks.append(items[start:start + size])
+            start += size
+        solo = alone and len(chunks) == 1 and len(chunks[0]) == 1 and chunks[0][0] in ledger.suspects
+        suspects_before = set(ledger.suspects)
+        lost = [i for chunk in chunks for i in chunk]
+        verdict = ledger.chunks_lost(lost, chunks, solo)
+        for item in verdict.charged:
+            assert solo and chunks == [[item]] and item in suspects_before, "charged without running alone"
+        assert sorted([*verdict.failed, *verdict.rerun]) == sorted(lost), "every lost item is settled"
+        failed.update(verdict.failed)
+        for item in verdict.failed:
+            assert ledger.crashes[item] >= max_crashes

@@ -43,6 +43,9 @@ from durablemap.executors._journal import RemoteMap, remote_payload, run_remote_
 
 __all__ = ["DaskExecutor"]
 
+_SCATTER_ATTEMPTS = 5  # scatters cut short by a worker leaving meanwhile, before giving up
+_WORKERS_TIMEOUT = 300.0  # seconds to wait for a running worker (nannies restart dead ones)
+
 @dataclass(eq=False)  # hashed by identity: the executor keeps a set of them
 class _Published:
     remote_map: RemoteMap
@@ -97,8 +100,7 @@ class DaskExecutor:
         payload = remote_payload(spec)
         self.workers = self._count_threads()
         remote_map = RemoteMap(spec)
-        remote = self.client.scatter(payload, broadcast=True, hash=False)
-        ref = _Published(remote_map, remote, payload)
+        ref = _Published(remote_map, self._scatter(payload), payload)
         self._published.add(ref)
         return ref
 
@@ -170,7 +172,20 @@ class DaskExecutor:
         (its dependent tasks are then cancelled) is scattered again."""
         for ref in list(self._published):
             if ref.remote.status != "finished":
-                ref.remote = self.client.scatter(ref.payload, broadcast=True, hash=False)
+                ref.remote = self._scatter(ref.payload)
+
+    def _scatter(self, payload: bytes) -> Any:
+        """Send a spec to every running worker. After a break, workers may all be restarting: the
+        scheduler waits up to ``_WORKERS_TIMEOUT`` for one (by default it gives up after the client's
+        connect timeout: "No valid workers found"). Scatter again when a worker the copy reached left
+        the cluster before the scheduler recorded it there (a KeyError from the scheduler)."""
+        for attempt in range(_SCATTER_ATTEMPTS):
+            try:
+                return self.client.scatter(payload, broadcast=True, hash=False, timeout=_WORKERS_TIMEOUT)
+            except KeyError:
+                if attempt + 1 == _SCATTER_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def stop_running(self) -> None:
         """Cancel the chunks still queued or running (a running task's result is dropped)."""
