@@ -224,7 +224,7 @@ def poison_job(event: dict[str, Any], context: DurableContext) -> BatchResult[in
 @EXECUTORS
 def test_poison_items_beside_slow_ones_fail_alone(tmp_path: Path, where: Where) -> None:
     where.workers = where.workers or 4
-    items = 4 * where.rounds(6, 2)
+    items = 4 * where.rounds(5, 2)
     event = {"dir": str(tmp_path), "items": items, "beside": where.workers - 1}
     poison, raising = list(range(0, items, 4)), list(range(1, items, 4))
     result = run(poison_job, event, tmp_path, where)
@@ -286,7 +286,7 @@ def idle_kill_job(event: dict[str, Any], context: DurableContext) -> BatchResult
 @EXECUTORS
 def test_idle_workers_killed_fail_no_item(tmp_path: Path, where: Where) -> None:
     where.workers = where.workers or 2
-    kills = where.rounds(10, 3)
+    kills = where.rounds(8, 3)
     event = {"dir": str(tmp_path), "items": 3 * kills, "kind": where.kind}
     result = run(idle_kill_job, event, tmp_path, where)
     assert [item.status for item in result.all] == [BatchItemStatus.SUCCEEDED] * 3 * kills
@@ -318,7 +318,7 @@ def poison_storm_job(event: dict[str, Any], context: DurableContext) -> BatchRes
 @EXECUTORS
 def test_an_instant_poison_storm_fails_only_the_poison(tmp_path: Path, where: Where) -> None:
     where.workers = where.workers or 2
-    items = 50 * where.rounds(15, 2)
+    items = 50 * where.rounds(12, 2)
     result = run(poison_storm_job, {"items": items}, tmp_path, where)
     assert [item.index for item in result.failed()] == list(range(49, items, 50))
     assert [(item.index, item.result) for item in result.succeeded()] == [
@@ -397,7 +397,7 @@ class Storm(threading.Thread):
 @EXECUTORS
 def test_a_random_worker_kill_storm_fails_no_innocent_item(tmp_path: Path, where: Where) -> None:
     where.workers = where.workers or 2
-    kills = where.rounds(10, 2)
+    kills = where.rounds(8, 2)
     items = 5_000 if where.kind == "loky" else 1_000
     event = {"dir": str(tmp_path), "items": items, "seconds": 0.001 if where.kind == "loky" else 0.01}
     storm = Storm(tmp_path, where.kind, kills)
