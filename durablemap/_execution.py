@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, overload
 
+from durablemap._batch import BatchResult
 from durablemap._clock import Clock
 from durablemap._context import DurableContext
 from durablemap._errors import ErrorObject, ValidationError
@@ -26,6 +27,7 @@ from durablemap._observe import Observers
 from durablemap._records import Kind, RecordWriter, Status, SubType, decode_record
 from durablemap._state import ExecutionState, Settings
 from durablemap._store import Store, op_key
+from durablemap._stored import StoredItems
 from durablemap.serdes import serialize_value
 
 __all__ = ["DurableFunction", "default_execution_id", "default_store_path", "durable_execution"]
@@ -147,10 +149,16 @@ class DurableFunction:
             self._put(store, state, key, Status.FAILED, None, ErrorObject.from_exception(exc).to_dict(), meta)
             raise
         meta["ended"] = time.time()
-        try:
-            payload: bytes | str | None = serialize_value(None, result, "", state.execution_id)
-        except Exception:
-            payload, meta["result_repr"] = None, repr(result)[:1000]
+        payload: bytes | str | None = None
+        if isinstance(result, BatchResult) and isinstance(result.all, StoredItems):
+            # A large map's result: its items are in the map's records already; copying them into
+            # this record would build every item at once. handler.run still returns the result.
+            meta["result_repr"] = repr(result)[:1000]
+        else:
+            try:
+                payload = serialize_value(None, result, "", state.execution_id)
+            except Exception:
+                meta["result_repr"] = repr(result)[:1000]
         self._put(store, state, key, Status.SUCCEEDED, payload, None, meta)
         return result
 

@@ -68,6 +68,8 @@ def record_batches(store: RecordStore, map_key: bytes, op_id: str, start: int = 
             return
         unpacker.feed(b"".join(raws))
         del raws
+        if isinstance(store, Store):
+            store.release_read_pages()  # what was read is in the unpacker: see the method
         yield indexes, _decoded(unpacker, len(indexes), op_id)
         if not full:
             return

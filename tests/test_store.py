@@ -169,6 +169,31 @@ def test_scan_children_skips_descendants(store: Store) -> None:
     assert [i for i, _, _ in tops] == [2]
 
 
+def _mapped_kib(path: str) -> int:
+    """The resident KiB of this process's mappings of the file ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps", encoding="utf-8") as smaps:
+        for line in smaps:
+            if "-" in line.split(" ", 1)[0]:  # a mapping's first line
+                inside = line.rstrip("\n").endswith(" " + path)
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/smaps and madvise are Linux's")
+def test_pages_read_are_released_from_the_process_and_read_again(store: Store) -> None:
+    parent = op_key("e", (1,))
+    values = [os.urandom(1000) for _ in range(3000)]  # about 3 MB of leaf pages
+    store.put_columns([parent + i.to_bytes(4, "big") for i in range(3000)], values)
+    data = os.path.join(store.path, "data.mdb")
+    assert store.children_columns(parent)[1] == values
+    assert _mapped_kib(data) > 1000  # LMDB read them through its memory map
+    store.release_read_pages()
+    assert _mapped_kib(data) == 0
+    assert store.children_columns(parent)[1] == values  # faulted in again from the page cache
+
+
 def test_delete_and_count_prefix(store: Store) -> None:
     store.put_many([(op_key(e, (1, i)), b"x") for e in ("a", "ab", "b") for i in range(10)])
     assert store.delete_prefix(execution_prefix("a")) == 10

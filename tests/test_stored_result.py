@@ -136,6 +136,16 @@ def test_a_large_result_stays_readable_after_its_store_is_closed_and_removed(tmp
         assert "7 items of map '1'" in repr(lazy)  # repr reads nothing
 
 
+def test_a_handler_returning_a_large_result_records_its_repr_not_its_items(tmp_path: Path) -> None:
+    with large_maps():
+        lazy = run({"items": [3, -1, 6], "config": "all"}, tmp_path / "s")
+    assert isinstance(lazy.all, _stored.StoredItems) and lazy.get_results() == [9, 36]
+    with Store.open(tmp_path / "s", readonly=True) as store:
+        record = decode_record(store.get(op_key("x", ())) or b"")
+    assert record.status == "SUCCEEDED" and record.payload is None
+    assert "3 items of map '1' of execution 'x', read from the store" in record.get("result_repr")
+
+
 def test_a_large_result_says_so_when_its_records_are_gone(tmp_path: Path) -> None:
     with large_maps():
         lazy = run({"items": list(range(10)), "config": "all"}, tmp_path / "s")

@@ -15,8 +15,10 @@ All failures surface as ``StoreError`` (or ``ExecutionLockedError``), each namin
 
 from __future__ import annotations
 
+import ctypes
 import os
 import struct
+import sys
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from itertools import islice
@@ -399,6 +401,22 @@ class Store(_SideTables):
                         values.append(value)
         return indexes, values
 
+    def release_read_pages(self) -> None:
+        """Unmap the pages of the store file that this process has read (Linux; elsewhere nothing).
+
+        LMDB reads through a memory map, so reading a large map's records counts the whole file in
+        this process's RSS, although those pages are the OS page cache's and reclaimable. Dropping
+        them from this process's page tables (``madvise(MADV_DONTNEED)`` on a shared file mapping)
+        loses nothing: the next read faults them in again from the page cache. Done under a read
+        transaction, so the map cannot be moved by a resize meanwhile."""
+        if _libc is None:
+            return
+        shared = self._env()
+        data = os.path.join(shared.path, "data.mdb")
+        with shared.read_txn("release_read_pages"):
+            for start, stop in _file_mappings(data):
+                _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(stop - start), _MADV_DONTNEED)
+
     def delete_prefix(self, prefix: bytes) -> int:
         """Delete every record whose key starts with ``prefix`` in one transaction; returns how many."""
         db = self._db(b"records")
@@ -432,6 +450,22 @@ class Store(_SideTables):
             return count
 
         return cast(int, self._transact("count_prefix", work, write=False))
+
+
+_MADV_DONTNEED = 4
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _file_mappings(path: str) -> list[tuple[int, int]]:
+    """The address ranges at which this process maps the file ``path`` (from /proc/self/maps)."""
+    ranges = []
+    suffix = " " + path
+    with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+        for line in maps:
+            if line.rstrip("\n").endswith(suffix):
+                start, _, stop = line.partition(" ")[0].partition("-")
+                ranges.append((int(start, 16), int(stop, 16)))
+    return ranges
 
 
 def _locked_message(execution_id: str, holder: _locks.LockHolder, path: str) -> str:
