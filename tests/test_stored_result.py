@@ -109,15 +109,21 @@ def test_a_result_read_from_the_store_behaves_like_the_one_in_memory(items: list
     event = {"items": items, "config": config}
     root = Path(tempfile.mkdtemp(prefix="durablemap-stored-"))
     try:
-        with large_maps(min_items=10**9, page=page):
-            eager = run(event, root / "eager")
         with large_maps(min_items=0, page=page):
             lazy = run(event, root / "lazy")
+            replayed = run(event, root / "lazy")  # a replay reads the same records, lazily too
+        with large_maps(min_items=10**9, page=page), StoreReader.open(root / "lazy") as reader:
+            # The same records rebuilt in memory: which items an early completion started depends on
+            # chunk sizes, so two runs of a map that completes early may differ.
+            in_memory = reader.batch_result("x", "1")
+        assert_same(lazy, in_memory)
+        assert_same(replayed, in_memory)
+        assert raised(lazy) == raised(in_memory)
+        if config == "all":  # every item runs: a first run in memory gives the very same result
+            with large_maps(min_items=10**9, page=page):
+                eager = run(event, root / "eager")
             assert_same(lazy, eager)
             assert raised(lazy) == raised(eager)
-            replayed = run(event, root / "lazy")  # a replay reads the same records, lazily too
-            assert_same(replayed, eager)
-        assert_same(lazy, eager)  # the page size it was made with changes nothing either
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
