@@ -151,7 +151,7 @@ class ItemRecords:
     worker's loops, ``run_item`` and crash recovery (``_lost``) all write items through it. Get one
     with :func:`item_records`."""
 
-    __slots__ = ("fingerprinted", "head", "sub_type")
+    __slots__ = ("fingerprinted", "head", "plain", "sub_type")
 
     def __init__(self, sub_type: str) -> None:
         self.sub_type = sub_type
@@ -162,6 +162,11 @@ class ItemRecords:
         #: (the hot path of tiny items: compact, the fingerprint standing for meta). A closure, not
         #: a method: it runs once per item.
         self.fingerprinted: Callable[[int | bytes | None, bytes], bytes] = self._fingerprinted()
+        #: ``plain(fp, value)``: the same record for a result ``value`` that is an int (of 64 bits),
+        #: float, str, bool or None, not yet packed: one pack call for the whole record (msgpack
+        #: encodes these as the default serdes does); None for any other value, or when this
+        #: sub-type has no compact records.
+        self.plain: Callable[[int | bytes | None, Any], bytes | None] = self._plain()
 
     def _fingerprinted(self) -> Callable[[int | bytes | None, bytes], bytes]:
         head, pack = self.head, _pack
@@ -176,6 +181,22 @@ class ItemRecords:
             return record
 
         return fingerprinted
+
+    def _plain(self) -> Callable[[int | bytes | None, Any], bytes | None]:
+        code, pack = _COMPACT_CODES.get(self.sub_type), _pack
+        if self.head is None or code is None:
+            return lambda fp, value: None
+
+        def plain(fp: int | bytes | None, value: Any) -> bytes | None:
+            if type(value) not in _PLAIN:
+                return None
+            try:
+                record: bytes = pack((code, fp, value))  # [code, meta, value], as head + meta + value
+            except OverflowError:  # an int past 64 bits: the default serdes has its own encoding
+                return None
+            return record
+
+        return plain
 
     def succeeded(self, value: bytes, meta: dict[str, Any] | None = None, name: str | None = None) -> bytes:
         """The SUCCEEDED record of an item whose result ``value`` is default-serdes msgpack."""
@@ -192,6 +213,9 @@ class ItemRecords:
     def started(self, meta: dict[str, Any] | None = None, name: str | None = None) -> bytes:
         """The STARTED record of an unfinished item (what a worker crash leaves: its crash count)."""
         return encode_record(Record(Kind.CONTEXT, Status.STARTED, name, self.sub_type, None, None, meta))
+
+
+_PLAIN = frozenset((int, float, str, bool, type(None)))
 
 
 @functools.cache

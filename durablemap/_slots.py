@@ -76,6 +76,13 @@ class SlotWriter:
             self._seconds[2] = now
         return now
 
+    def item_fields(self) -> tuple[memoryview[int], memoryview[float]]:
+        """The slot as 8-byte words and as doubles, for a loop over tiny items that names each item
+        itself after ``begin`` of the first (a method call per item costs them measurably): the
+        item's start goes to double 2, then its index to word 1 (in that order: a reader that sees
+        the new index sees its start)."""
+        return self._words, self._seconds
+
     def end(self) -> None:
         """The worker is between items."""
         _HEAD.pack_into(self._map, 0, 0, -1, time.monotonic(), 0)

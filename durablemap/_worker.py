@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import cloudpickle
@@ -39,11 +39,12 @@ from durablemap._exits import EXITS, describe_exit, is_real_interrupt, watching_
 from durablemap._fingerprint import fingerprint
 from durablemap._gc import paused
 from durablemap._memory import init_item_memory, note_peak
-from durablemap._records import item_keys, item_records
+from durablemap._records import ItemRecords, item_keys, item_records
 from durablemap._slots import SlotWriter
 from durablemap._store import path_str
 from durablemap._timings import chunk_meta, stamp_chunk
 from durablemap.executors._base import ChunkResult, MapSpec
+from durablemap.executors._itemfile import ItemFile
 from durablemap.serdes import (
     deserialize_value,
     new_packer,
@@ -200,52 +201,95 @@ def _run_any_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
 def _run_plain_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
                      slot: SlotWriter | None, marks: list[float]) -> dict[str, Any] | None:
     """``_run_any_items`` for the common case (default serdes, default item names), with
-    ``run_item``'s work inlined: this loop is most of a tiny item's cost."""
-    records, values, errors, token = result.records, result.values, result.errors, spec.token
+    ``run_item``'s work inlined: this loop is most of a tiny item's cost. One clock read per item
+    (an item starts when the one before it ended); a plain result (int, str...) is packed with its
+    record in one call."""
+    records, values, errors = result.records, result.values, result.errors
     state, func, inputs, base, limit = spec.state, spec.func, spec.inputs, spec.path, spec.worker_memory_limit
-    make_context = spec.context
+    make_context, fingerprints = spec.context, spec.fingerprints
     build = item_records(spec.sub_type)
-    fingerprinted, succeeded = build.fingerprinted, build.succeeded
+    plain = build.plain
     pack = new_packer().pack  # this loop's own: packing never re-enters it
-    fingerprints = spec.fingerprints
     error: dict[str, Any] | None
     # Only items of a millisecond or more are measured for memory: tiny items skip the call.
     memory, monotonic, measure = _memory._item_memory, time.monotonic, _memory.MEASURE_SECONDS
-    started = 0.0
-    mark = marks.append  # the item's start, from the slot's clock read when there is a slot
-    for index in indexes:
-        if slot is not None:
-            mark(started := slot.begin(token, index))
-        else:
-            mark(monotonic())
+    mark = marks.append
+    words, seconds = _item_fields(slot, spec.token, indexes)
+    started = monotonic()
+    for index, item in zip(indexes, _items_of(inputs, indexes), strict=True):
+        seconds[2] = started  # the slot names the item, its start first (see SlotWriter.item_fields)
+        words[1] = index
+        mark(started)
         state.item_index = index
-        item = inputs[index]
-        fp = fingerprint(item) if fingerprints else None
+        fp = (item if type(item) is int and _INT64_MIN <= item <= _INT64_MAX else fingerprint(item)
+              ) if fingerprints else None
         try:
             value = func(make_context(state, (*base, index)), item, index, inputs)
-            payload = pack(value)
+            record = plain(fp, value)
+            payload = pack(value) if record is None else b""
         except (ExecutionError, InvocationError) as exc:
             return _fatal(exc, index)
         except Exception as exc:
             value, record, error = _item_failed(spec, index, exc, _meta(fp, note_peak(None, limit)))
+            errors[len(records)] = error
         except EXITS as exc:
             if is_real_interrupt(exc):
                 raise
             value, record, error = _item_exited(spec, index, None, exc, _meta(fp, note_peak(None, limit)))
-        else:
-            if type(value) not in _SELF_DECODING:
-                value = unpack_default(payload)
-            error = None
-            peak = (memory.note(None, limit) if memory is not None and monotonic() - started >= measure
-                    else None)
-            record = fingerprinted(fp, payload) if peak is None else succeeded(payload, _meta(fp, peak))
-        if error is not None:
             errors[len(records)] = error
+        else:
+            if memory is not None and monotonic() - started >= measure:
+                value, record = _record(build, value, fp, payload, _measured(memory, slot, started, limit))
+            elif record is None:
+                value, record = _record(build, value, fp, payload, None)
         records.append(record)
         values.append(value)
+        started = monotonic()
     if memory is not None and limit:
         memory.note(None, limit)  # the periodic check against the worker limit, skipped above
     return None
+
+
+def _item_fields(slot: SlotWriter | None, token: int,
+                 indexes: Sequence[int]) -> tuple[memoryview[int], memoryview[float]]:
+    """Where the item loop writes each item's index and start: the slot's fields once the chunk's
+    first item is begun, or scratch fields when there is no slot (a nested map)."""
+    if slot is None:
+        scratch = memoryview(bytearray(32))
+        return scratch.cast("q"), scratch.cast("d")
+    if indexes:
+        slot.begin(token, indexes[0])
+    return slot.item_fields()
+
+
+def _items_of(inputs: Sequence[Any], indexes: Sequence[int]) -> Iterable[Any]:
+    """The chunk's items: a run of a list, tuple, range or item file sliced at once, else read one
+    by one as the loop reaches them."""
+    if type(indexes) is range and indexes.step == 1 and type(inputs) in _SLICEABLE:
+        return inputs[indexes.start:indexes.stop]
+    return map(inputs.__getitem__, indexes)
+
+
+def _measured(memory: _memory.ItemMemory, slot: SlotWriter | None, started: float,
+              limit: int | None) -> dict[str, Any] | None:
+    """The peak memory of an item of a millisecond or more that started at ``started``."""
+    if slot is not None:
+        slot.started = started
+    return memory.note(None, limit)
+
+
+def _record(build: ItemRecords, value: Any, fp: int | bytes | None, payload: bytes,
+            peak: dict[str, Any] | None) -> tuple[Any, bytes]:
+    """The result as a replay sees it and the SUCCEEDED record, for a result that is not plain or
+    an item whose memory was measured (``payload``: the value's bytes, or empty if not packed)."""
+    payload = payload or pack_default(value)
+    if type(value) not in _SELF_DECODING:
+        value = unpack_default(payload)
+    return value, build.fingerprinted(fp, payload) if peak is None else build.succeeded(payload, _meta(fp, peak))
+
+
+_SLICEABLE = frozenset((list, tuple, range, ItemFile))
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # ints that are their own fingerprint (see _fingerprint)
 
 
 # Values the default serdes gives back unchanged, type included: no need to decode what was encoded.

@@ -124,7 +124,8 @@ class ItemFile(Sequence[Any]):
         if type(index) is int and 0 <= index - first < len(block):
             return block[index - first]
         if isinstance(index, slice):
-            return [self._item(i) for i in range(*index.indices(self._len))]
+            start, stop, step = index.indices(self._len)
+            return self._run(start, stop) if step == 1 else [self._item(i) for i in range(start, stop, step)]
         try:
             i = index.__index__()
         except AttributeError:
@@ -144,6 +145,18 @@ class ItemFile(Sequence[Any]):
         if not 0 <= i - first < len(block):
             first, block = self._cached = self._read_block(i)
         return block[i - first]
+
+    def _run(self, start: int, stop: int) -> list[Any]:
+        """The items ``start`` to ``stop``, a block at a time."""
+        out: list[Any] = []
+        while start < stop:
+            first, block = self._cached
+            if not 0 <= start - first < len(block):
+                first, block = self._cached = self._read_block(start)
+            end = min(stop, first + len(block))
+            out += block[start - first:end - first]
+            start = end
+        return out
 
     def _read_block(self, i: int) -> tuple[int, Sequence[Any]]:
         fd, starts, offsets = self._index or self._open()
