@@ -50,7 +50,10 @@ def _schema(pa: Any, result_type: Any) -> Any:
 def rows_to_arrow(rows: Iterable[dict[str, Any]], result_type: Any = None) -> Any:
     """A ``pyarrow.Table`` of item rows (``result_type`` None: inferred from the results)."""
     pa = require("pyarrow", "exporting to Arrow or Parquet")
-    cols = _columns(rows)
+    return _table(pa, _columns(rows), result_type)
+
+
+def _table(pa: Any, cols: dict[str, list[Any]], result_type: Any) -> Any:
     result = pa.array(cols["result"], type=result_type)
     return pa.Table.from_arrays(
         [pa.array(cols["index"], pa.int64()), pa.array(cols["name"], pa.string()),
@@ -59,9 +62,11 @@ def rows_to_arrow(rows: Iterable[dict[str, Any]], result_type: Any = None) -> An
         schema=_schema(pa, result.type))
 
 
-def _batches(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    while batch := list(islice(rows, size)):
-        yield batch
+def _batches(rows: Iterator[dict[str, Any]], size: int) -> Iterator[dict[str, list[Any]]]:
+    """The rows as columns, ``size`` rows at a time: each row goes into the columns as it comes,
+    so only one row group's columns are held, never its rows as well."""
+    while (cols := _columns(islice(rows, size)))["index"]:
+        yield cols
 
 
 def write_parquet(make_rows: Any, path: str, row_group: int = ROW_GROUP) -> int:
@@ -77,7 +82,7 @@ def write_parquet(make_rows: Any, path: str, row_group: int = ROW_GROUP) -> int:
         return _write(pa, make_rows(), path, row_group, None)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
         pass
-    types = [rows_to_arrow(batch).schema for batch in _batches(make_rows(), row_group)]
+    types = [_table(pa, cols, None).schema for cols in _batches(make_rows(), row_group)]
     try:
         unified = pa.unify_schemas(types, promote_options="permissive").field("result").type
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -92,13 +97,14 @@ def _write(pa: Any, rows: Iterator[dict[str, Any]], path: str, row_group: int, r
     written = 0
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        for batch in _batches(rows, row_group):
-            table = rows_to_arrow(batch, result_type)
+        for cols in _batches(rows, row_group):
+            written += len(cols["index"])
+            table = _table(pa, cols, result_type)
             if writer is None:
                 result_type = table.schema.field("result").type
                 writer = pq.ParquetWriter(tmp, table.schema)
             writer.write_table(table)
-            written += len(batch)
+            del table
         if writer is None:  # no rows: still a valid (empty) file
             writer = pq.ParquetWriter(tmp, _schema(pa, pa.null()))
         writer.close()

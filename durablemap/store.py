@@ -162,6 +162,10 @@ def rebuild_batch_result(records: RecordStore, execution_id: str, operation_id: 
     return replay_batch(_Source(records, execution_id), path, record, serdes, item_serdes or serdes)
 
 
+#: How many items ``StoreReader.items`` reads between two releases of the store's mapped pages.
+_RELEASE_EVERY = 65_536
+
+
 class StoreReader:
     """A read-only view of a store (see the module docstring). Use :meth:`open`."""
 
@@ -240,12 +244,16 @@ class StoreReader:
 
     def items(self, execution_id: str, operation_id: str, serdes: SerDes[Any] | None = None, *,
               raw_custom: bool = False) -> Iterator[MapItem]:
-        """The recorded items of map ``operation_id``, in index order, one at a time.
+        """The recorded items of map ``operation_id``, in index order, one at a time, in memory
+        that does not grow with the map (the store's pages read are released as it goes).
 
         With ``raw_custom=True``, a result that ``serdes`` cannot read (written by a custom serdes)
         comes as its recorded text, or as the hex of its bytes, instead of raising ``SerDesError``:
         what a reader that must not run user code shows."""
-        for index, _key, raw in self._store.scan_children(op_key(execution_id, parse_path(operation_id))):
+        for n, (index, _key, raw) in enumerate(self._store.scan_children(op_key(execution_id,
+                                                                                 parse_path(operation_id)))):
+            if n % _RELEASE_EVERY == _RELEASE_EVERY - 1:
+                self._store.release_pages()  # the store's pages read so far leave this process's RSS
             fields = decode_raw(raw)
             meta = fields_meta(fields)
             meta = {"fp": meta} if meta is not None and not isinstance(meta, dict) else dict(meta or {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,26 @@ def test_operations_children_items_and_timings_read_as_recorded(tmp_path: Path) 
     assert [op.id for op in records.operations()][:2] == ["1", "2"]
     assert records.operation("").result() == "done"
     assert records.batch_result("2").get_results() == [10, 30]
+
+
+def test_items_release_the_store_pages_as_they_stream_and_read_the_same(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import durablemap.store as store_module
+
+    result = job.run(None, store=tmp_path / "s", execution_id="pages", workers=2, progress=False)
+    released: list[int] = []
+    original = Store.release_pages
+
+    def counting(self: Store) -> int:
+        released.append(original(self))
+        return released[-1]
+
+    monkeypatch.setattr(store_module, "_RELEASE_EVERY", 2)
+    monkeypatch.setattr(Store, "release_pages", counting)
+    with StoreReader.open(tmp_path / "s") as reader:
+        items = list(reader.items("pages", "1"))
+        assert [i.result for i in items if i.status == BatchItemStatus.SUCCEEDED] == result.get_results()
+        assert len(released) == 3  # after items 1, 3 and 5
+        if sys.platform == "linux":
+            assert all(size > 0 for size in released)  # the mapping of data.mdb was found and released
+        assert reader.batch_result("pages", "1") == result  # pages released are read again as they were

@@ -29,7 +29,7 @@ from typing import Any, cast
 from durablemap._errors import ExecutionLockedError, StoreError
 from durablemap._store import _locks
 from durablemap._store._compact import CompactResult, compact
-from durablemap._store._env import DEFAULT_MAP_SIZE, SharedEnv, acquire_env, release_env
+from durablemap._store._env import DEFAULT_MAP_SIZE, SharedEnv, acquire_env, release_env, release_mapped_pages
 from durablemap._store._keys import (
     COMPONENT_SIZE,
     FORMAT_VERSION,
@@ -175,6 +175,11 @@ class _SideTables:
         raw = self._transact("lock_holder", lambda txn: txn.get(key, db=db), write=False)
         holder = _locks.decode_lock(raw) if raw is not None else None
         return dict(holder) if holder is not None else None
+
+    def release_pages(self) -> int:
+        """Drop this process's mapping of the store's pages read so far (see
+        ``_env.release_mapped_pages``): a reader streaming a large map calls it now and then."""
+        return release_mapped_pages(self.path)
 
     def lock_is_held(self, execution_id: str) -> bool:
         """Whether a live process holds the lock on ``execution_id`` (the same check as
