@@ -158,15 +158,19 @@ class ItemBoard:
         return count
 
     def finish_items(self, finished: list[BatchItem[Any]]) -> tuple[int, int]:
-        """Record items as finished (those still running); returns how many SUCCEEDED and FAILED."""
+        """Record items as finished (those still running), in the order they finished, until the map
+        is complete: later ones stay in flight (reported STARTED, as the SDK reports items still
+        running when its completion criterion fires). Returns how many SUCCEEDED and FAILED."""
         return self._finish((item.index, item.status == BatchItemStatus.SUCCEEDED, item) for item in finished)
 
     def _finish(self, finished: Iterable[tuple[int, bool, BatchItem[Any] | None]]) -> tuple[int, int]:
         """Record ``(index, succeeded, item)`` of items as finished (the item kept when the board
-        keeps items); returns how many SUCCEEDED and FAILED."""
+        keeps items), until the map is complete; returns how many SUCCEEDED and FAILED."""
         succeeded = failed = 0
         codes, items = self.codes, self.items
         for index, ok, item in finished:
+            if self.reason is not None:
+                break
             if codes[index] != RUNNING:
                 continue
             codes[index] = SUCCEEDED if ok else FAILED
@@ -179,8 +183,7 @@ class ItemBoard:
             else:
                 self.failed += 1
                 failed += 1
-            if self.reason is None:
-                self.check()
+            self.check()
         return succeeded, failed
 
     def outcome(self) -> MapOutcome:

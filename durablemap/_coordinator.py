@@ -10,7 +10,8 @@
                                  counts -> completion policy -> stop early? -> MapOutcome
 
 It is a loop over focused parts, each tested on its own without processes: ``ChunkSizer`` (how
-many items per chunk), ``FaultLedger`` (crashes, suspects, what a break charges), ``Committer``
+many items per chunk), ``ConcurrencyPlan`` (how many in flight, and at once in a worker),
+``FaultLedger`` (crashes, suspects, what a break charges), ``Committer``
 (group commits), ``ItemBoard`` (the state of every item and the counts). The loop itself owns
 only dispatch and collection; the clock is a parameter, so timeouts and grace periods can be
 tested by moving it.
@@ -31,6 +32,8 @@ from durablemap._board import ItemBoard, MapOutcome
 from durablemap._chunking import ChunkSizer
 from durablemap._committer import Committer, Results
 from durablemap._completion import CompletionPolicy
+from durablemap._concurrency import ConcurrencyPlan
+from durablemap._early import EarlyOutcomes
 from durablemap._errors import (
     ExecutionError,
     InvocationError,
@@ -50,8 +53,6 @@ from durablemap._state import ExecutionState
 from durablemap.executors._base import ChunkResult, Executor, MapSpec
 
 __all__ = ["Coordinator", "MapOutcome", "Prior"]
-
-_MEMORY_REPORT_SECONDS = 0.5  # how often observers hear the memory figures
 
 
 @dataclass
@@ -76,20 +77,21 @@ class Coordinator:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.state, self.executor, self.spec, self.ref = state, executor, spec, ref
         self.info, self.observers, self.clock = info, observers, clock
-        self.item_timeout, self.names = item_timeout, names
+        self.item_timeout = item_timeout
         n = len(spec.inputs)
         self.board = ItemBoard(n, prior.items, policy, predicate, names, done=prior.done)
         self.faults = FaultLedger(max_crashes, dict(prior.crashes))
         self.sizer = ChunkSizer(executor.workers, executor.chunk_seconds)
+        # With memory limits, items run one at a time per worker: their growth is measured item by item.
+        threads = executor.threads and not (memory is not None and (memory.budget or memory.worker_limit))
+        self.plan = ConcurrencyPlan(executor.workers, max_concurrency, state.settings.concurrency, threads)
         self.futures: dict[Future[ChunkResult], Sequence[int]] = {}
         self.requeued: list[int] = []
-        self.max_in_flight = max_concurrency or max(n, 1)
         self.max_chunks = executor.chunks_in_flight()
         self.solo: Future[ChunkResult] | None = None  # a suspect running alone (see _faults)
+        self.early = EarlyOutcomes(spec.commit_in_worker and not self.board.bulk)
         self.stopping = False  # interrupted: no new work, and lost workers are not counted as crashes
-        self.memory_reported = 0.0
-        self.store = state.store()
-        self.prefix = op_key(state.execution_id, spec.path)
+        self.store, prefix = state.store(), op_key(state.execution_id, spec.path)
         self.map_name = info.name or "/".join(map(str, spec.path))
         # The memory monitor (top-level maps on local workers). With a budget, no chunk waits in the
         # pool's queue: each dispatch decision is taken when a worker is free.
@@ -97,10 +99,10 @@ class Coordinator:
         if memory is not None and memory.budget:
             self.max_chunks = min(self.max_chunks, max(executor.workers, 1))
         self.done_at_start = self.board.succeeded + self.board.failed
-        self.lost = LostItems(state, executor, spec, self.prefix, self.faults, self.memory,
+        self.lost = LostItems(state, executor, spec, prefix, self.faults, self.memory,
                               LostItemInfo(self.map_name, info.operation_id, item_timeout, names), prior.stale)
         # Commits run on a thread of their own when items run elsewhere; inline maps commit in line.
-        self.committer = Committer(self.store, self.prefix, threaded=executor.workers > 1, enabled=not spec.flat)
+        self.committer = Committer(self.store, prefix, threaded=executor.workers > 1, enabled=not spec.flat)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> MapOutcome:
@@ -141,10 +143,14 @@ class Coordinator:
 
     # -- dispatch ---------------------------------------------------------------------------
     def _dispatch(self) -> None:
-        board = self.board
-        while (len(self.futures) < self.max_chunks and board.in_flight < self.max_in_flight
-               and board.reason is None and self.solo is None):
-            size = min(self.sizer.size(board.remaining()), self.max_in_flight - board.in_flight)
+        board, plan = self.board, self.plan
+        while board.reason is None and self.solo is None:
+            chunks = min(plan.chunks_limit(self.max_chunks, self.early.enabled), self.max_chunks)
+            room = plan.in_flight_limit(board.n) - board.in_flight
+            if len(self.futures) >= chunks or room <= 0:
+                return
+            size, threads = plan.next_chunk(self.sizer.size(board.remaining()), board.remaining(), room,
+                                            len(self.futures))
             if self.memory is not None and not (size := self.memory.admit(
                     size, len(self.futures), board.succeeded + board.failed > self.done_at_start)):
                 return  # over the memory budget: wait for items in flight to finish
@@ -153,20 +159,20 @@ class Coordinator:
                 return
             board.start(indexes)
             try:
-                future = self.executor.submit(self.ref, indexes)
+                future = self.executor.submit(self.ref, indexes, 1 if solo else min(threads, len(indexes)))
             except Exception as exc:
                 if not self.executor.is_broken(exc):
                     raise
                 # The pool broke under this submit: the chunk never got in. Its items go back to the
                 # queue; the break is settled with the chunks that were in flight.
-                board.unstart(indexes)
-                for index in indexes:
-                    heapq.heappush(self.requeued, index)
+                self._requeue(indexes)
                 self._broken(exc)
                 continue
             self.futures[future] = indexes
             if solo:
                 self.solo = future
+            else:
+                self.early.track(future, threads)
 
     def _take(self, size: int) -> tuple[Sequence[int], bool]:
         """The next chunk's indexes, and whether it is a suspect to run alone."""
@@ -182,36 +188,22 @@ class Coordinator:
     # -- results ----------------------------------------------------------------------------
     def _collect(self, timeout: float) -> None:
         pending: list[Future[Any]] = [*self.futures, *self.committer.in_flight]
-        done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+        done, _ = wait(pending, timeout=self.early.timeout(timeout), return_when=FIRST_COMPLETED)
         if not done:
             return
         committed: Results = []
         for future in done:
             if future in self.committer.in_flight:
                 committed.extend(self.committer.finished(future))
-        results, broken = self._settled(done)
+        results, broken = _settled(done, self.futures, self.executor.is_broken)
+        if self.solo is not None and self.solo not in self.futures:
+            self.solo = None  # the suspect running alone finished
         if results:
             self._absorb(results)
         if committed:
             self._count(committed)
         if broken is not None:
             self._broken(broken)
-
-    def _settled(self, done: set[Future[Any]]) -> tuple[Results, BaseException | None]:
-        """The results of the chunks among ``done``, in index order, and the error of a break."""
-        results: Results = []
-        broken: BaseException | None = None
-        for future in sorted((f for f in done if f in self.futures), key=lambda f: self.futures[f][0]):
-            error = future.exception()
-            if error is None:
-                if future is self.solo:
-                    self.solo = None
-                results.append((self.futures.pop(future), future.result()))
-            elif self.executor.is_broken(error):
-                broken = error  # settled with the rest in _broken
-            else:
-                raise error
-        return results, broken
 
     def _absorb(self, results: Results) -> None:
         """Count what workers committed; commit the rest (in line, or on the committer thread)."""
@@ -232,10 +224,16 @@ class Coordinator:
             if result.logs:
                 emit_logs(result.logs)  # what the items logged in their worker process
             self.sizer.measured(result.elapsed, len(result.values))
+            self.plan.measured(len(result.values), result.elapsed, result.cpu, result.concurrency)
             self.faults.recorded(result.indexes)
-            if result.fatal is not None:
-                fatal = result.fatal
-                self.board.unstart(indexes[len(result.values):])
+            if len(result.indexes) < len(indexes):  # an error ended the chunk, or it handed items back
+                ran = set(result.indexes)
+                back = [index for index in indexes if index not in ran]
+                fatal = result.fatal or fatal
+                if result.fatal is None:
+                    self._requeue(back)
+                else:
+                    self.board.unstart(back)
             succeeded, failed = self.board.finish_chunk(result)
             if self.observers and (succeeded or failed):
                 self.observers.call("items_finished", self.info, succeeded, failed)
@@ -260,11 +258,15 @@ class Coordinator:
         self._absorb(results)
         lost = self.board.running_among(index for chunk, _ in lost_chunks for index in chunk)
         finished, requeue = self.lost.settle(error, lost, lost_chunks, solo, stopping=self.stopping)
-        self.board.unstart(requeue)
-        for index in requeue:
-            heapq.heappush(self.requeued, index)
+        self._requeue(requeue)
         self._finish(finished)
         self.executor.restart()
+
+    def _requeue(self, indexes: Sequence[int]) -> None:
+        """Items that did not run after all go back to the queue, to run in this map."""
+        self.board.unstart(indexes)
+        for index in indexes:
+            heapq.heappush(self.requeued, index)
 
     def _finish(self, finished: list[BatchItem[Any]]) -> None:
         succeeded, failed = self.board.finish_items(finished)
@@ -278,17 +280,16 @@ class Coordinator:
 
     def _watch(self) -> None:
         """Report memory to observers now and then; kill workers whose item ran past item_timeout,
-        keeping the item's stack first."""
+        keeping the item's stack first; count items recorded while their chunk runs on (_early)."""
         now = self.clock()
-        if self.memory is not None and self.observers and now - self.memory_reported >= _MEMORY_REPORT_SECONDS:
-            self.memory_reported = now
-            self.observers.call("memory_sampled", self.info, self.memory.last.total, self.memory.peak_total)
-        if not self.item_timeout:
-            return
-        timed_out = self.lost.timed_out
-        for slot in self.executor.running(self.spec.token):
-            if now - slot.started > self.item_timeout and slot.index not in timed_out:
-                timed_out[slot.index] = self.executor.kill_worker(slot.pid)
+        if self.memory is not None and self.observers:
+            self.memory.report(now, self.observers, self.info)
+        self.lost.watch_timeouts(now)
+        for item in self.early.look(now, self.futures, self.board.running_among, self.lost.recorded):
+            self._finish([item])  # one by one: the slot each frees is taken at once, as on the SDK's threads
+            if self.board.reason is not None:
+                break
+            self._dispatch()
 
     # -- stopping ---------------------------------------------------------------------------
     def _abandon(self) -> None:
@@ -322,6 +323,23 @@ class Coordinator:
             pass
         finally:
             self._abandon()
+
+
+def _settled(done: set[Future[Any]], futures: dict[Future[ChunkResult], Sequence[int]],
+             is_broken: Callable[[BaseException], bool]) -> tuple[Results, BaseException | None]:
+    """The results of the chunks among ``done`` (taken out of ``futures``), in index order, and the
+    error of a break (those chunks stay in ``futures``, for the break to settle)."""
+    results: Results = []
+    broken: BaseException | None = None
+    for future in sorted((f for f in done if f in futures), key=lambda f: futures[f][0]):
+        error = future.exception()
+        if error is None:
+            results.append((futures.pop(future), future.result()))
+        elif is_broken(error):
+            broken = error
+        else:
+            raise error
+    return results, broken
 
 
 def _fatal_error(fatal: dict[str, Any], map_name: str) -> BaseException:

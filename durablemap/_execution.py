@@ -88,14 +88,23 @@ class DurableFunction:
             execution_id: str | None = None, workers: int | None = None, retry_failed: bool = False,
             progress: bool | None = None, executor: Any = None, observers: list[Any] | None = None,
             clock: Clock | None = None, memory_budget: int | None = None,
-            worker_memory_limit: int | None = None) -> Any:
+            worker_memory_limit: int | None = None, concurrency: int | None = None) -> Any:
         """Run the handler as execution ``execution_id`` (default: derived from the handler and the
         event) on ``store`` (default: ``$DURABLEMAP_STORE``, else ``./.durablemap``).
 
         ``memory_budget`` (bytes, coordinator and workers together) holds back new items while
         memory is over it; ``worker_memory_limit`` (bytes) recycles a worker above it after its item
         and kills it at 1.5 times that. Both default to ``$DURABLEMAP_MEMORY_BUDGET`` /
-        ``$DURABLEMAP_WORKER_MEMORY_LIMIT``, and ``MapConfig`` overrides them per map."""
+        ``$DURABLEMAP_WORKER_MEMORY_LIMIT``, and ``MapConfig`` overrides them per map.
+
+        ``concurrency``: how many items of a map whose ``MapConfig.max_concurrency`` is None may run
+        at once across the workers (default 256). Workers run items that mostly wait (I/O, sleeps,
+        ``await``) several at once, on threads or an event loop, up to this bound or the map's
+        ``max_concurrency``; CPU-bound items run one per worker whatever it says."""
+        if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
+                                        or concurrency < 1):
+            raise ValidationError(f"handler.run(concurrency=...) must be a whole number of at least 1 (items "
+                                  f"of a map running at once), got: {concurrency!r}")
         path = os.fspath(store or self.store or default_store_path())
         execution_id = execution_id or default_execution_id(self.func, event)
         store_handle = Store.for_process(path)
@@ -113,7 +122,7 @@ class DurableFunction:
             observers=Observers(observer_list),
             settings=Settings(grace_seconds=_env_float("DURABLEMAP_GRACE_SECONDS", 5.0),
                               memory_budget=memory_budget or None,
-                              worker_memory_limit=worker_memory_limit or None))
+                              worker_memory_limit=worker_memory_limit or None, concurrency=concurrency))
         store_handle.acquire_lock(execution_id)
         try:
             with _sigterm_as_interrupt():

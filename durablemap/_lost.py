@@ -27,6 +27,7 @@ from durablemap._errors import ErrorObject, ItemTimeoutError, WorkerCrashedError
 from durablemap._faults import Death, FaultLedger, Verdict
 from durablemap._memory import MemoryMonitor
 from durablemap._records import Record, as_record, decode_item_outcome, decode_raw, item_key, item_records
+from durablemap._slots import thread_stack
 from durablemap._state import ExecutionState
 from durablemap.executors._base import Executor, MapSpec
 
@@ -61,7 +62,7 @@ class LostItems:
     def settle(self, error: BaseException, lost: list[int], lost_chunks: list[tuple[Sequence[int], BaseException]],
                solo: bool, *, stopping: bool) -> tuple[list[BatchItem[Any]], list[int]]:
         """The finished items among ``lost`` (recorded, or FAILED now) and those to run again."""
-        finished = self._recorded(lost)
+        finished = self.recorded(lost)
         recorded = {item.index for item in finished}
         lost = [index for index in lost if index not in recorded]
         verdict = self._verdict(lost, lost_chunks, solo, stopping)
@@ -105,9 +106,23 @@ class LostItems:
                     for d in deaths if d.index not in self.timed_out]
         return self.faults.pool_broke(lost, evidence, solo, explained=bool(self.timed_out))
 
-    def _recorded(self, indexes: list[int]) -> list[BatchItem[Any]]:
-        """Items among ``indexes`` whose outcome a worker committed before it died (not the FAILED
-        record an earlier run left, which a retry_failed run finds there until it records anew)."""
+    def watch_timeouts(self, now: float) -> None:
+        """Kill the workers running an item of this map past item_timeout, keeping each such item's
+        stack (its own thread's, when its worker runs several items at once); the other items in
+        flight on those workers run again, uncharged (see ``_verdict``)."""
+        timeout, stacks = self.info.item_timeout, {}
+        if not timeout:
+            return
+        for slot in self.executor.running(self.spec.token):
+            if now - slot.started > timeout and slot.index not in self.timed_out:
+                if slot.pid not in stacks:
+                    stacks[slot.pid] = self.executor.kill_worker(slot.pid)
+                self.timed_out[slot.index] = thread_stack(stacks[slot.pid], slot.thread)
+
+    def recorded(self, indexes: list[int]) -> list[BatchItem[Any]]:
+        """Items among ``indexes`` whose outcome a worker has committed (before it died, or while
+        the rest of its chunk runs on); not the FAILED record an earlier run left, which a
+        retry_failed run finds there until it records anew."""
         if not self.spec.commit_in_worker or not indexes:
             return []
         items = []

@@ -6,6 +6,7 @@ need to run at all, and records the outcome.
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -166,7 +167,8 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
     spec = MapSpec(int.from_bytes(os.urandom(8), "big") >> 1, state.for_worker(), path, func, inputs,
                    item_serdes, flat, item_sub_type, names, fingerprints=not flat, key_prefix=key,
                    commit_in_worker=not flat and executor.shares_store, item_timeout=config.item_timeout,
-                   coordinator_pid=os.getpid(), log_levels=logger_levels(), context=type(ctx))
+                   coordinator_pid=os.getpid(), log_levels=logger_levels(), context=type(ctx),
+                   is_async=_is_async(func, inputs, sub_type))
     limits = MemoryLimits.resolve(state.settings, config.memory_budget, config.worker_memory_limit)
     spec.worker_memory_limit = limits.worker_limit
     ref = executor.publish(spec)
@@ -203,6 +205,25 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
     if record is not None and record.get("memory_samples") and meta.get("memory_samples") is not None:
         meta["memory_samples"] = [*record.get("memory_samples"), *meta["memory_samples"]]  # a retry's too
     return _record_result(result, meta, config, put, fail, op_id, state.execution_id, spec.flat)
+
+
+def _is_async(func: Callable[..., Any], inputs: Sequence[Any], sub_type: str) -> bool:
+    """Whether the items are coroutines, to run on an event loop: an ``async def`` map function, or
+    parallel branches that are all coroutine functions (a mix runs on threads, where a branch's
+    coroutine runs on a loop of its own)."""
+    if sub_type == SubType.PARALLEL:
+        return bool(inputs) and all(_is_coroutine_function(branch) for branch in inputs)
+    return _is_coroutine_function(func)
+
+
+def _is_coroutine_function(func: Any) -> bool:
+    target = func
+    for _ in range(3):  # a ParallelBranch, and the bound function of a decorated branch in it
+        inner = getattr(target, "func", None)
+        if inspect.isfunction(target) or not callable(inner):
+            break
+        target = inner
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(type(target).__call__)
 
 
 def _guarded(predicate: Callable[[CompletionStatus], Any]) -> Callable[[CompletionStatus], Any]:

@@ -16,12 +16,16 @@ psutil read per process per tick, about 0.1-0.2 ms per tick with two workers (``
 Per-item peak: the worker's peak RSS since the end of the last measured item, which for items
 that run 1 ms or longer is the item's own peak (shorter items are not measured: they cannot grow
 by more than a few MB, and measuring costs ~8 us). An item that runs a nested map reports the peak
-since its last nested item; the nested items report their own.
+since its last nested item; the nested items report their own. When a worker runs several items at
+once (``_inflight``), an item's figure is the worker's peak RSS from the start of its chunk to the
+item's end: it includes what the items running beside it held, and the growth per item that the
+memory budget uses is not measured for those chunks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import signal
@@ -42,7 +46,7 @@ if TYPE_CHECKING:
     from durablemap.executors._base import Executor
 
 __all__ = ["ItemMemory", "MemoryLimits", "MemoryMonitor", "ignore_recycling_warning", "init_item_memory", "note_peak",
-           "start_monitor"]
+           "share_peak", "shared_peak_done", "start_monitor"]
 
 _MAX_SERIES = 512  # memory samples kept per map run
 _log = logging.getLogger("durablemap")
@@ -136,6 +140,7 @@ class MemoryMonitor:
         self.killed: dict[int, int] = {}  # pid -> RSS when killed at the hard limit
         self.wait_seconds = 0.0
         self._held_since: float | None = None
+        self._reported = 0.0  # when observers last heard the figures (the coordinator's clock)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="durablemap-memory", daemon=True)
         self._thread.start()
@@ -196,6 +201,12 @@ class MemoryMonitor:
                 self.sample()
             except Exception:  # pragma: no cover - a failed reading must not stop the map
                 _log.debug("durablemap: memory sample failed", exc_info=True)
+
+    def report(self, now: float, observers: Any, info: Any) -> None:
+        """Tell ``observers`` the memory figures of map ``info``, every ``_REPORT_INTERVAL`` at most."""
+        if now - self._reported >= _REPORT_INTERVAL:
+            self._reported = now
+            observers.call("memory_sampled", info, self.last.total, self.peak_total)
 
     def stop(self) -> None:
         """Stop the sampling thread."""
@@ -306,6 +317,8 @@ class ItemMemory:
     def note(self, meta: dict[str, Any] | None, limit: int | None) -> dict[str, Any] | None:
         """After an item: add ``peak_rss`` to its record meta (items of 1 ms or more), and retire
         the worker when it is over ``limit``."""
+        if _SHARED.get():
+            return self._note_shared(meta, limit)
         now = time.monotonic()
         started = getattr(self.slot, "started", now)
         if now - started < MEASURE_SECONDS:
@@ -324,6 +337,19 @@ class ItemMemory:
         meta = dict(meta) if meta else {}
         meta["peak_rss"] = peak
         return meta
+
+    def _note_shared(self, meta: dict[str, Any] | None, limit: int | None) -> dict[str, Any] | None:
+        """``note`` for an item that ran beside others: the worker's peak so far in this chunk."""
+        meta = dict(meta) if meta else {}
+        meta["peak_rss"] = self._hwm() if self._clear is not None else self.rss()
+        if limit:
+            self._check(self.rss(), limit)
+        return meta
+
+    def shared_done(self) -> None:
+        """The items that ran several at once are done: measure from here on, item by item."""
+        self._reset()
+        self.base = self.rss()
 
     def _check(self, rss: int, limit: int) -> None:
         if rss > limit and not self.recycling:
@@ -372,6 +398,22 @@ def _loky_worker_frame() -> FrameType | None:
 
 
 _item_memory: ItemMemory | None = None
+# Set while a chunk's items run several at once (copied into each item's context): their peaks are
+# shared, so the high-water mark is not reset per item (see the module docstring).
+_SHARED: contextvars.ContextVar[bool] = contextvars.ContextVar("durablemap_shared_peak", default=False)
+
+
+def share_peak() -> None:
+    """The calling chunk runs its items several at once (see ``_SHARED``)."""
+    _SHARED.set(True)
+
+
+def shared_peak_done() -> None:
+    """The chunk that called ``share_peak`` is done."""
+    if _SHARED.get():
+        _SHARED.set(False)
+        if _item_memory is not None:
+            _item_memory.shared_done()
 
 
 def init_item_memory(slot: Any) -> None:

@@ -6,8 +6,14 @@ after every item; a write is one ``struct.pack_into`` on an mmap, well under a m
 
     coordinator                         worker (pid P)
     -----------                         --------------
-    Slots(dir) ─── creates dir ───────> init_worker(dir): opens dir/P, mmaps 64 bytes
-    read_all() <── mmap of dir/P ────── begin(token, index) ... end()
+    Slots(dir) ─── creates dir ───────> init_worker(dir): opens dir/P, mmaps the slot
+    read_all() <── mmap of dir/P ────── begin(token, index) ... end()           (one item at a time)
+    running()  <── rows of dir/P ────── begin_many(token); row = take_row(index, thread) ...
+                                        free_row(row); end()                    (several at a time)
+
+A worker running several items at once (threads, an event loop: see ``_inflight``) marks its header
+"many" and gives each item in flight a row of its own: its index, its start, and the thread running
+it, so that a crash, a timeout or an ``os._exit`` is told item by item.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import re
 import struct
+import threading
 import time
 from dataclasses import dataclass
 
-__all__ = ["SlotState", "SlotWriter", "Slots"]
+__all__ = ["ROWS", "SlotState", "SlotWriter", "Slots", "thread_stack"]
 
 # token, index, start (monotonic), running flag; then the peak RSS and the growth (peak minus the
 # RSS before it) of the last item this worker measured (see _memory), which begin() leaves alone;
@@ -28,8 +36,13 @@ _FMT = struct.Struct("<qqdqqqq")
 _HEAD = struct.Struct("<qqdq")
 _PEAK = struct.Struct("<qq")
 _EXIT_WORD = 6
+_CULPRIT_WORD = 7  # with several items in flight: the index of the item that called os._exit
 _FATAL = b"Fatal Python error"  # what faulthandler writes to the stack file on a fatal signal
-_SIZE = 64
+_HEADER = 64
+_ROW = struct.Struct("<qdq")  # index (-1: free), start (monotonic), thread ident
+ROWS = 4096  # the most items one worker runs at once
+_SIZE = _HEADER + ROWS * _ROW.size
+_MANY = 2  # the running flag of a worker with several items in flight (rows)
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,8 @@ class SlotState:
     peak_rss: int
     growth: int
     exited: bool = False  # the worker called os._exit while running its item
+    thread: int = 0  # the ident of the thread running the item (several items in flight), else 0
+    culprit: int = -1  # several in flight: the index of the item that called os._exit (-1: none)
 
 
 class SlotWriter:
@@ -58,9 +73,13 @@ class SlotWriter:
         finally:
             os.close(fd)
         # The same bytes seen as 8-byte integers and as doubles, for cheap one-field stores.
+        self._map[_HEADER:] = b"\xff" * (_SIZE - _HEADER)  # every row free: index -1
         self._words = memoryview(self._map).cast("q")
         self._seconds = memoryview(self._map).cast("d")
         self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._free: list[int] = []
+        self._rows = 0  # rows handed out in this "many" period
 
     def begin(self, token: int, index: int) -> float:
         """The worker starts running item ``index`` of map ``token``; returns the start time.
@@ -87,10 +106,52 @@ class SlotWriter:
         """The worker is between items."""
         _HEAD.pack_into(self._map, 0, 0, -1, time.monotonic(), 0)
 
-    def mark_exit(self, code: int) -> None:
+    def begin_many(self, token: int) -> None:
+        """The worker starts running several items of map ``token`` at once, each in a row."""
+        with self._lock:
+            self._free, self._rows = [], 0
+            _HEAD.pack_into(self._map, 0, token, -1, time.monotonic(), _MANY)
+            self._words[_CULPRIT_WORD] = -1
+
+    def take_row(self, index: int, thread: int) -> tuple[int, float]:
+        """Item ``index`` starts, run by ``thread``: its row, and its start time."""
+        now = time.monotonic()
+        with self._lock:
+            row = self._free.pop() if self._free else self._rows
+            if row == self._rows:
+                if row >= ROWS:
+                    raise RuntimeError(f"more than {ROWS} items in flight in one worker")
+                self._rows += 1
+        base = (_HEADER + row * _ROW.size) // 8
+        self._seconds[base + 1] = now
+        self._words[base + 2] = thread
+        self._words[base] = index  # last: a reader sees a complete row or a free one
+        return row, now
+
+    def set_thread(self, row: int, thread: int) -> None:
+        """The item of ``row`` runs on ``thread`` (known once its thread picked it up)."""
+        self._words[(_HEADER + row * _ROW.size) // 8 + 2] = thread
+
+    def free_row(self, row: int) -> None:
+        """The item of ``row`` is done."""
+        self._words[(_HEADER + row * _ROW.size) // 8] = -1
+        with self._lock:
+            self._free.append(row)
+
+    def end_many(self) -> None:
+        """No item is in flight any more: every row is free, the worker is between chunks."""
+        with self._lock:
+            for row in range(self._rows):
+                self._words[(_HEADER + row * _ROW.size) // 8] = -1
+            self._free, self._rows = [], 0
+        self.end()
+
+    def mark_exit(self, code: int, index: int = -1) -> None:
         """The worker is exiting by its own hand (``os._exit``): evidence, if it was running an item,
-        that this item killed it (see ``_faults``)."""
+        that this item killed it (see ``_faults``); ``index``: the item that called it, when several
+        are in flight."""
         if self._words[3]:
+            self._words[_CULPRIT_WORD] = index
             self._words[_EXIT_WORD] = 1 + (code & 0xFF)
 
     def note_peak(self, peak: int, growth: int) -> None:
@@ -104,9 +165,10 @@ class Slots:
     def __init__(self, directory: str) -> None:
         self.directory = directory
 
-    def read_all(self) -> list[SlotState]:
-        """Every worker slot in the directory, dead workers' included."""
-        states = []
+    def read_all(self, rows: bool = False) -> list[SlotState]:
+        """Every worker slot in the directory, dead workers' included: one state per worker, or
+        with ``rows``, one per item in flight of a worker running several at once."""
+        states: list[SlotState] = []
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:
@@ -116,41 +178,79 @@ class Slots:
                 continue
             try:
                 with open(os.path.join(self.directory, name), "rb") as fh:
-                    data = fh.read(_FMT.size)
+                    data = fh.read(_SIZE if rows else _FMT.size)
             except OSError:
                 continue
             if len(data) < _FMT.size:
                 continue
-            token, index, started, running, peak, growth, exited = _FMT.unpack(data)
-            states.append(SlotState(int(name), token, index, started, bool(running), peak, growth, bool(exited)))
+            token, index, started, running, peak, growth, exited = _FMT.unpack_from(data)
+            state = SlotState(int(name), token, index, started, bool(running), peak, growth, bool(exited))
+            if rows and running == _MANY:
+                culprit = struct.unpack_from("<q", data, _CULPRIT_WORD * 8)[0] if exited else -1
+                states.extend(_rows_of(state, data, culprit))
+            else:
+                states.append(state)
         return states
 
     def running(self, token: int) -> list[SlotState]:
-        """Slots of workers running an item of map ``token``."""
-        return [s for s in self.read_all() if s.running and s.token == token]
+        """The items of map ``token`` running now, one state per item."""
+        return [s for s in self.read_all(rows=True) if s.running and s.token == token and s.index >= 0]
 
     def dead_running(self, token: int) -> list[SlotState]:
-        """Slots of dead workers that died while running an item of map ``token``; forgets them."""
-        dead = [s for s in self.read_all() if not _alive(s.pid)]
-        for state in dead:
+        """The items of map ``token`` that dead workers were running when they died, one state per
+        item; forgets those workers."""
+        dead = [s for s in self.read_all(rows=True) if not _alive(s.pid)]
+        for pid in {state.pid for state in dead}:
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self.directory, str(state.pid)))
-        return [s for s in dead if s.running and s.token == token]
+                os.unlink(os.path.join(self.directory, str(pid)))
+        return [s for s in dead if s.running and s.token == token and s.index >= 0]
 
     def died_by_own_hand(self, state: SlotState) -> bool:
-        """Whether the dead worker of ``state`` left evidence that it killed itself: an os._exit
-        mark, or faulthandler's report of a fatal signal (segfault, abort...) in its stack file."""
-        if state.exited:
+        """Whether the item of ``state`` killed its dead worker, by the evidence the worker left: an
+        os._exit mark (naming the item, when several were in flight), or faulthandler's report of a
+        fatal signal (segfault, abort...) in its stack file (in the item's own thread, when several
+        were in flight)."""
+        if state.exited and (not state.thread or state.culprit == state.index):
             return True
         try:
             with open(os.path.join(self.directory, f"{state.pid}.stack"), "rb") as fh:
-                return _FATAL in fh.read()
+                report = fh.read()
         except OSError:
             return False
+        at = report.rfind(_FATAL)
+        if at < 0:
+            return False
+        return not state.thread or _faulting_thread(report[at:]) == state.thread
 
     def live_pids(self) -> list[int]:
         """The pids of live workers."""
         return [s.pid for s in self.read_all() if _alive(s.pid)]
+
+
+def _rows_of(header: SlotState, data: bytes, culprit: int) -> list[SlotState]:
+    """One state per busy row of a worker running several items at once."""
+    states = []
+    for offset in range(_HEADER, len(data) - _ROW.size + 1, _ROW.size):
+        index, started, thread = _ROW.unpack_from(data, offset)
+        if index >= 0:
+            states.append(SlotState(header.pid, header.token, index, started, True, header.peak_rss,
+                                    header.growth, header.exited, thread, culprit))
+    return states
+
+
+def thread_stack(dump: str, thread: int) -> str:
+    """The part of a faulthandler dump of all threads that shows ``thread`` (the whole dump when the
+    thread is not known or not found)."""
+    if thread <= 0:
+        return dump
+    found = re.search(rf"^(?:Current thread|Thread) 0x0*{thread:x} .*?(?:\n\n|\Z)", dump, re.M | re.S)
+    return found.group(0).rstrip("\n") + "\n" if found else dump
+
+
+def _faulting_thread(report: bytes) -> int:
+    """The ident of the thread faulthandler names as current in a fatal error report (0: none)."""
+    match = re.search(rb"Current thread (0x[0-9a-fA-F]+)", report)
+    return int(match.group(1), 16) if match else 0
 
 
 def _alive(pid: int) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,23 @@ class Settings:
     worker_memory_limit: int | None = None
     #: How long memory may stay over budget with nothing running before the map fails.
     memory_stall_seconds: float = 5.0
+    #: Items of a map running at once when its MapConfig.max_concurrency is None (None: the
+    #: default, ``_concurrency.DEFAULT_CONCURRENCY``); ``handler.run(..., concurrency=N)``.
+    concurrency: int | None = None
+
+
+# The item each execution state is running in this thread or task: {id(state): [index]}. A
+# context variable, not an attribute: a worker runs several items at once (threads, asyncio tasks),
+# each in its own copy of the context. The one-element list lets a loop of items reuse one mapping.
+_ITEMS: ContextVar[dict[int, list[int | None]] | None] = ContextVar("durablemap_items", default=None)
+
+
+def item_slot(state: ExecutionState) -> list[int | None]:
+    """A holder whose element is ``state``'s current item index, in the calling context (a loop
+    over items stores each index in it; a thread or task running one item gets its own)."""
+    holder: list[int | None] = [None]
+    _ITEMS.set({**(_ITEMS.get() or {}), id(state): holder})
+    return holder
 
 
 @dataclass
@@ -44,10 +62,22 @@ class ExecutionState:
     clock: Clock
     retry_failed: bool = False
     in_worker: bool = False
-    item_index: int | None = None
     executor: Executor | None = field(default=None, compare=False)
     observers: Observers | None = field(default=None, compare=False)
     settings: Settings = field(default_factory=Settings)
+
+    @property
+    def item_index(self) -> int | None:
+        """The index of the map item running this code (in this thread or task), or None."""
+        holder = (_ITEMS.get() or {}).get(id(self))
+        return holder[0] if holder is not None else None
+
+    @item_index.setter
+    def item_index(self, index: int | None) -> None:
+        holder = (_ITEMS.get() or {}).get(id(self))
+        if holder is None:
+            holder = item_slot(self)
+        holder[0] = index
 
     def store(self) -> RecordStore:
         """This process's handle on the store."""

@@ -7,9 +7,11 @@ each and records them once, in the meta of the chunk's last item record, under `
     {"t0": wall-clock start of the chunk (time.time()), "pid": worker pid,
      "i0": first index (the chunk's indexes are i0, i0+1, ...) or "ix": [the indexes],
      "d": the items' durations in seconds, float32 little-endian bytes, in run order,
-     or, for items under PER_ITEM_SECONDS on average, "n": item count and "s": the chunk's span}
+     or, for items under PER_ITEM_SECONDS on average, "n": item count and "s": the chunk's span,
+     and for a chunk whose items ran several at once (``_inflight``), "o": each item's start as
+     seconds after ``t0``, float32, in the order they finished (the order of "ix" and "d")}
 
-An item's start is ``t0`` plus the durations of the items before it in the chunk. A map record's meta
+An item's start is ``t0`` plus the durations of the items before it in the chunk, or plus its "o". A map record's meta
 holds ``"timeline"``: one ``[start, end]`` (wall-clock) per run of the map, ``end`` None while it runs
 or when the run was killed; an item's attempt is the run its chunk started in.
 """
@@ -28,8 +30,8 @@ from typing import Any
 from durablemap._records import decode_raw, fields_meta, with_meta
 
 __all__ = [
-    "PER_ITEM_SECONDS", "Chunk", "ItemTime", "attempt_of", "chunk_durations", "chunk_meta", "chunks_of", "item_times",
-    "slowest", "stamp_chunk",
+    "PER_ITEM_SECONDS", "Chunk", "ItemTime", "attempt_of", "chunk_durations", "chunk_meta", "chunks_of",
+    "concurrent_chunk_meta", "item_times", "slowest", "stamp_chunk",
 ]
 
 KEY = "chunk"
@@ -60,6 +62,14 @@ def chunk_meta(t0: float, indexes: Sequence[int], marks: Sequence[float]) -> dic
     return meta
 
 
+def concurrent_chunk_meta(t0: float, indexes: Sequence[int], offsets: Sequence[float],
+                          durations: Sequence[float]) -> dict[str, Any]:
+    """The ``"chunk"`` meta of a chunk whose items ran several at once: each item's start (seconds
+    after the wall-clock ``t0``) and duration, in the order the items finished."""
+    return {"t0": t0, "pid": os.getpid(), "ix": list(indexes), "d": array("f", durations).tobytes(),
+            "o": array("f", offsets).tobytes()}
+
+
 def stamp_chunk(records: list[bytes], meta: dict[str, Any]) -> None:
     """Add the chunk's timing to the meta of its last record (``records[-1]``, re-encoded; a compact
     record's value bytes are kept as they are, not decoded)."""
@@ -74,14 +84,19 @@ class Chunk:
     pid: int
     indexes: list[int]
     durations: list[float]
+    offsets: list[float] | None = None  # each item's start after t0, when they ran several at once
 
     @property
     def end(self) -> float:
         """When its last item finished."""
+        if self.offsets is not None:
+            return self.t0 + max(map(sum, zip(self.offsets, self.durations, strict=False)), default=0.0)
         return self.t0 + sum(self.durations)
 
     def starts(self) -> list[float]:
         """Each item's start (wall clock)."""
+        if self.offsets is not None:
+            return [self.t0 + offset for offset in self.offsets]
         out, at = [], self.t0
         for d in self.durations:
             out.append(at)
@@ -94,11 +109,15 @@ def chunk_durations(data: dict[str, Any]) -> list[float]:
     if "d" not in data:
         n = int(data.get("n", 0))
         return [float(data.get("s", 0.0)) / n] * n if n else []
-    durations = array("f")
-    durations.frombytes(data["d"])
+    return _floats(data["d"])
+
+
+def _floats(raw: bytes) -> list[float]:
+    values = array("f")
+    values.frombytes(raw)
     if not _LITTLE:  # pragma: no cover - big-endian machines
-        durations.byteswap()
-    return durations.tolist()
+        values.byteswap()
+    return values.tolist()
 
 
 def decode_chunk(meta: dict[str, Any]) -> Chunk | None:
@@ -109,7 +128,8 @@ def decode_chunk(meta: dict[str, Any]) -> Chunk | None:
     durations = chunk_durations(data)
     n = len(durations)
     indexes = list(range(data["i0"], data["i0"] + n)) if "i0" in data else list(data.get("ix", []))[:n]
-    return Chunk(float(data["t0"]), int(data.get("pid", 0)), indexes, durations)
+    offsets = _floats(data["o"])[:n] if "o" in data else None
+    return Chunk(float(data["t0"]), int(data.get("pid", 0)), indexes, durations, offsets)
 
 
 def chunks_of(store: Any, execution_id: str, path: tuple[int, ...]) -> Iterator[Chunk]:

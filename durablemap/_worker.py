@@ -7,13 +7,18 @@ operations layer's DurableContext, which the spec carries: the runtime does not 
 
 Items' results come back as encoded records; the coordinator commits them. Operations inside an
 item (steps, waits, child contexts, nested maps) write their own records to the store from here.
+A chunk runs its items one after another (the fast path for CPU-bound items), or several at once
+when the coordinator allows it or the function is ``async def`` (``_inflight``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import faulthandler
 import functools
 import importlib
+import inspect
 import os
 import signal
 import sys
@@ -26,7 +31,7 @@ from typing import Any, NoReturn, TypeVar
 
 import cloudpickle
 
-from durablemap import _logs, _memory
+from durablemap import _inflight, _logs, _memory
 from durablemap._errors import (
     ErrorObject,
     ExecutionError,
@@ -41,6 +46,7 @@ from durablemap._gc import paused
 from durablemap._memory import init_item_memory, note_peak
 from durablemap._records import ItemRecords, item_keys, item_records
 from durablemap._slots import SlotWriter
+from durablemap._state import item_slot
 from durablemap._store import path_str
 from durablemap._timings import chunk_meta, stamp_chunk
 from durablemap.executors._base import ChunkResult, MapSpec
@@ -53,11 +59,14 @@ from durablemap.serdes import (
     unpack_default,
 )
 
-__all__ = ["ChunkResult", "MapSpec", "init_worker", "run_chunk", "run_chunk_from_file"]
+__all__ = ["ChunkResult", "MapSpec", "failed_outcome", "init_worker", "run_chunk", "run_chunk_from_file", "run_item",
+           "run_item_async"]
 
 
 _slot: SlotWriter | None = None
-_depth = 0  # how many run_chunk calls are active in this process (nested maps nest them)
+# How many run_chunk calls are active in this thread or task (nested maps nest them): per context,
+# since several items of a chunk run at once, each perhaps running a nested map.
+_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("durablemap_depth", default=0)
 _specs: OrderedDict[str, MapSpec] = OrderedDict()
 _SPEC_CACHE = 4
 
@@ -93,7 +102,7 @@ _real_exit = os._exit
 def _marked_exit(status: int) -> NoReturn:
     """``os._exit`` in a worker: mark the slot (see ``_slots.SlotWriter.mark_exit``), then exit."""
     if _slot is not None:
-        _slot.mark_exit(status)
+        _slot.mark_exit(status, _inflight.CURRENT_ITEM.get())
     _real_exit(status)
 
 
@@ -105,8 +114,9 @@ def _watch_parent(parent_pid: int) -> None:
             os._exit(0)
 
 
-def run_chunk_from_file(ref: tuple[int, str], indexes: Sequence[int]) -> ChunkResult:
-    """Run a chunk of the map whose spec was published at ``ref`` (loaded once, then cached)."""
+def run_chunk_from_file(ref: tuple[int, str], indexes: Sequence[int], concurrency: int = 1) -> ChunkResult:
+    """Run a chunk of the map whose spec was published at ``ref`` (loaded once, then cached), up to
+    ``concurrency`` items at once."""
     token, path = ref
     key = f"{token}:{path}"
     spec = _specs.get(key)
@@ -118,49 +128,72 @@ def run_chunk_from_file(ref: tuple[int, str], indexes: Sequence[int]) -> ChunkRe
         _specs[key] = spec
         while len(_specs) > _SPEC_CACHE:
             _specs.popitem(last=False)
-    return run_chunk(spec, indexes)
+    return run_chunk(spec, indexes, concurrency)
 
 
-def run_chunk(spec: MapSpec, indexes: Sequence[int]) -> ChunkResult:
-    """Run the items at ``indexes`` one after another; stop at an error that ends the execution."""
-    global _depth
-    start, wall, clock = time.perf_counter(), time.time(), time.monotonic()
-    _depth += 1  # a nested map's chunk runs inside an item: the slot keeps naming the outer item
-    slot = _slot if _depth == 1 else None
+def run_chunk(spec: MapSpec, indexes: Sequence[int], concurrency: int = 1) -> ChunkResult:
+    """Run the items at ``indexes``: one after another, or up to ``concurrency`` at once (always
+    on an event loop for an async function); stop at an error that ends the execution."""
+    start, cpu = time.perf_counter(), time.process_time()
+    depth = _DEPTH.get() + 1  # a nested map's chunk runs inside an item: the slot keeps naming the outer item
+    depth_token = _DEPTH.set(depth)
+    slot = _slot if depth == 1 else None
     result = ChunkResult(spec.token, indexes, [], [], {}, 0.0)
     # The cyclic collector would scan the growing result lists again and again on a chunk of tiny
     # items; it runs once the chunk is done instead.
     try:
         with paused():
-            plain = spec.item_serdes is None and spec.names is None and not spec.timeout_in_worker
-            run = _run_plain_items if plain else _run_any_items
-            marks: list[float] = []  # the clock before each item, then after the last (see _timings)
-            _run_watched(spec, indexes, result, slot, functools.partial(run, marks=marks))
-            marks.append(time.monotonic())
-            if slot is not None:
-                slot.end()
-            if result.fatal is not None:
-                result.indexes = indexes[:len(result.records)]
-            if result.records:  # the chunk's timings go in its last record (see _timings)
-                stamp_chunk(result.records, chunk_meta(wall + marks[0] - clock, result.indexes, marks))
+            if spec.is_async or (concurrency > 1 and len(indexes) > 1):
+                _run_watched(spec, indexes, result, slot, functools.partial(_run_many, limit=concurrency), depth)
+                _memory.shared_peak_done()
+            else:
+                _run_one_by_one(spec, indexes, result, slot, depth)
             result.elapsed = time.perf_counter() - start
-            if spec.commit_in_worker and result.records:
-                # Records committed here, durably, before the results go back: the coordinator then
-                # only counts them, and the fsync waits in this worker instead of in the coordinator.
-                spec.state.store().put_columns(item_keys(spec.key_prefix, result.indexes), result.records)
-                result.records, result.committed = [], True
+            result.cpu = time.process_time() - cpu
             return result
     finally:
-        _depth -= 1
+        _DEPTH.reset(depth_token)
+
+
+def _run_one_by_one(spec: MapSpec, indexes: Sequence[int], result: ChunkResult, slot: SlotWriter | None,
+                    depth: int) -> None:
+    """Run the chunk's items one after another, then record them in one durable commit."""
+    wall, clock = time.time(), time.monotonic()
+    plain = spec.item_serdes is None and spec.names is None and not spec.timeout_in_worker
+    run = _run_plain_items if plain else _run_any_items
+    marks: list[float] = []  # the clock before each item, then after the last (see _timings)
+    _run_watched(spec, indexes, result, slot, functools.partial(run, marks=marks), depth)
+    marks.append(time.monotonic())
+    if slot is not None:
+        slot.end()
+    if result.fatal is not None:
+        result.indexes = indexes[:len(result.records)]
+    if result.records:  # the chunk's timings go in its last record (see _timings)
+        stamp_chunk(result.records, chunk_meta(wall + marks[0] - clock, result.indexes, marks))
+    if spec.commit_in_worker and result.records:
+        # Records committed here, durably, before the results go back: the coordinator then
+        # only counts them, and the fsync waits in this worker instead of in the coordinator.
+        spec.state.store().put_columns(item_keys(spec.key_prefix, result.indexes), result.records)
+        result.records, result.committed = [], True
+
+
+def _run_many(spec: MapSpec, indexes: Sequence[int], result: ChunkResult, slot: SlotWriter | None,
+              limit: int) -> dict[str, Any] | None:
+    """Run the chunk's items several at once (see _inflight); each recorded as it finishes."""
+    flight = _inflight.Flight(spec, indexes, result, slot, limit)
+    _memory.share_peak()
+    if spec.is_async:
+        return _inflight.run_tasks(flight, functools.partial(run_item_async, spec))
+    return _inflight.run_threads(flight, functools.partial(run_item, spec), _logs.current(), _logs.adopt)
 
 
 def _run_watched(spec: MapSpec, indexes: Sequence[int], result: ChunkResult, slot: SlotWriter | None,
-                 run: Callable[..., dict[str, Any] | None]) -> None:
+                 run: Callable[..., dict[str, Any] | None], depth: int) -> None:
     """Run the chunk's items into ``result``. At the top level (not a map nested in an item), watch
     for a real Ctrl-C (an inline map's items run on the main thread: a real Ctrl-C there must stop
     the job, while an item's own KeyboardInterrupt fails the item), and in a worker process keep the
     log records the items emit, for the coordinator to log (see _logs)."""
-    if _depth != 1:
+    if depth != 1:
         result.fatal = run(spec, indexes, result, slot)
         return
     with watching_signals():
@@ -216,11 +249,12 @@ def _run_plain_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
     mark = marks.append
     words, seconds = _item_fields(slot, spec.token, indexes)
     started = monotonic()
+    current = item_slot(state)  # the item index logs report (see ExecutionState.item_index)
     for index, item in zip(indexes, _items_of(inputs, indexes), strict=True):
         seconds[2] = started  # the slot names the item, its start first (see SlotWriter.item_fields)
         words[1] = index
         mark(started)
-        state.item_index = index
+        current[0] = index
         fp = (item if type(item) is int and _INT64_MIN <= item <= _INT64_MAX else fingerprint(item)
               ) if fingerprints else None
         try:
@@ -347,7 +381,9 @@ def _run_item_within(spec: MapSpec, index: int, seconds: float) -> tuple[Any, by
         except BaseException as exc:
             box["error"] = exc
 
-    thread = threading.Thread(target=target, name=f"durablemap-item-{index}", daemon=True)
+    # In a copy of this context: the item's thread sees its chunk's journal and nesting depth.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(target,),
+                              name=f"durablemap-item-{index}", daemon=True)
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
@@ -366,27 +402,61 @@ def _run_item_within(spec: MapSpec, index: int, seconds: float) -> tuple[Any, by
 
 def run_item(spec: MapSpec, index: int) -> tuple[Any, bytes, dict[str, Any] | None]:
     """Run one item: its result as a replay will see it, its encoded record, and its error dict
-    when it FAILED."""
-    state = spec.state
-    state.item_index = index
-    path = (*spec.path, index)
-    name = spec.names[index] if spec.names is not None else None
-    item = spec.inputs[index]
-    fp = fingerprint(item) if spec.fingerprints else None
-    meta = {"fp": fp} if fp is not None else None
+    when it FAILED. A coroutine it returns (an async function on a thread) is run to its end."""
+    path, name, meta = _item_start(spec, index)
     try:
-        value = spec.func(spec.context(state, path), item, index, spec.inputs)
+        value = spec.func(spec.context(spec.state, path), spec.inputs[index], index, spec.inputs)
+        if inspect.isawaitable(value):
+            value = asyncio.run(_awaited(value))
     except (ExecutionError, InvocationError):
         raise
-    except Exception as exc:
+    except BaseException as exc:
+        return _item_raised(spec, index, name, meta, exc)
+    return _item_settled(spec, index, name, path, note_peak(meta, spec.worker_memory_limit), value)
+
+
+async def run_item_async(spec: MapSpec, index: int) -> tuple[Any, bytes, dict[str, Any] | None]:
+    """``run_item`` for an item on an event loop: an awaitable result is awaited there."""
+    path, name, meta = _item_start(spec, index)
+    try:
+        value = spec.func(spec.context(spec.state, path), spec.inputs[index], index, spec.inputs)
+        if inspect.isawaitable(value):
+            value = await value
+    except (ExecutionError, InvocationError):
+        raise
+    except BaseException as exc:
+        return _item_raised(spec, index, name, meta, exc)
+    return _item_settled(spec, index, name, path, note_peak(meta, spec.worker_memory_limit), value)
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _item_start(spec: MapSpec, index: int) -> tuple[tuple[int, ...], str | None, dict[str, Any] | None]:
+    """An item's path, name and first record meta (its input's fingerprint); notes its index."""
+    spec.state.item_index = index
+    name = spec.names[index] if spec.names is not None else None
+    fp = fingerprint(spec.inputs[index]) if spec.fingerprints else None
+    return (*spec.path, index), name, ({"fp": fp} if fp is not None else None)
+
+
+def _item_raised(spec: MapSpec, index: int, name: str | None, meta: dict[str, Any] | None,
+                 exc: BaseException) -> tuple[Any, bytes, dict[str, Any] | None]:
+    """The FAILED record of an item that raised ``exc``; a real Ctrl-C (and what no item should
+    catch, such as a task's cancellation) propagates."""
+    if isinstance(exc, Exception):
         return _failed(spec, name, ErrorObject.from_exception(_user_frames(exc)),
                        note_peak(meta, spec.worker_memory_limit))
-    except EXITS as exc:
-        if is_real_interrupt(exc):
-            raise
+    if isinstance(exc, EXITS) and not is_real_interrupt(exc):
         return _item_exited(spec, index, name, exc, note_peak(meta, spec.worker_memory_limit))
-    meta = note_peak(meta, spec.worker_memory_limit)
-    serdes = spec.item_serdes
+    raise exc
+
+
+def _item_settled(spec: MapSpec, index: int, name: str | None, path: tuple[int, ...],
+                  meta: dict[str, Any] | None, value: Any) -> tuple[Any, bytes, dict[str, Any] | None]:
+    """The SUCCEEDED record of an item that returned ``value`` (FAILED if it cannot be serialized)."""
+    state, serdes = spec.state, spec.item_serdes
     try:
         if serdes is None:
             payload = pack_default(value)
@@ -401,6 +471,11 @@ def run_item(spec: MapSpec, index: int) -> tuple[Any, bytes, dict[str, Any] | No
             f"The result of item {index} of map '{path_str(spec.path)}' was serialized but its serdes "
             f"cannot read it back: {exc}")), meta)
     return returned, item_records(spec.sub_type).serialized(encoded, meta, name), None
+
+
+def failed_outcome(spec: MapSpec, index: int, error: ErrorObject) -> tuple[None, bytes, dict[str, Any]]:
+    """The FAILED outcome of item ``index`` with ``error`` (an item timed out in its worker)."""
+    return _failed(spec, spec.names[index] if spec.names is not None else None, error, None)
 
 
 def _failed(spec: MapSpec, name: str | None, error: ErrorObject,

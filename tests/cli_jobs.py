@@ -39,8 +39,10 @@ def work(context: DurableContext, item: int, index: int, inputs: Any) -> int:
 @durable_execution
 def batch(event: dict[str, Any], context: DurableContext) -> BatchResult[int]:
     """Map ``work`` over ``event["n"]`` items; raise if any failed."""
+    # At most 40 in flight: a Ctrl-C while items wait on the hold file leaves items never started
+    # (workers run waiting items several at once, up to max_concurrency).
     result = context.map(list(range(event["n"])), work, name="squares",
-                         config=MapConfig(item_namer=lambda item, index: f"sq-{index}"))
+                         config=MapConfig(item_namer=lambda item, index: f"sq-{index}", max_concurrency=40))
     result.throw_if_error()
     return result
 

@@ -147,6 +147,7 @@ class FakeExecutor:
     chunk_seconds = 0.05
     shares_store = False
     slots = None
+    threads = False
 
     def __init__(self) -> None:
         self.submits = 0
@@ -166,7 +167,7 @@ class FakeExecutor:
     def unpublish(self, ref: Any) -> None:
         pass
 
-    def submit(self, ref: Any, indexes: Sequence[int]) -> Future[ChunkResult]:
+    def submit(self, ref: Any, indexes: Sequence[int], concurrency: int = 1) -> Future[ChunkResult]:
         self.submits += 1
         if self.broken_submits:
             self.broken_submits -= 1

@@ -295,7 +295,7 @@ def slow_square(context: DurableContext, item: int, index: int, items: list[int]
 def test_early_completion_returns_without_waiting_for_the_rest(tmp_path: Path, executor: DaskExecutor) -> None:
     @durable_execution
     def handler(event: Any, context: DurableContext) -> Any:
-        config = MapConfig(completion_config=CompletionConfig.first_successful())
+        config = MapConfig(max_concurrency=10, completion_config=CompletionConfig.first_successful())
         return context.map(list(range(40)), slow_square, config=config).to_dict()
 
     result = handler.run(None, store=tmp_path / "store", executor=executor, progress=False)
@@ -430,3 +430,15 @@ def test_item_log_records_reach_the_coordinator_from_dask_workers(
     assert all(r.process != os.getpid() for r in mine)
     assert sorted(r.itemIndex for r in mine if r.name == "tests.dask_etl") == list(range(6))
     assert sorted(r.row for r in mine if hasattr(r, "row")) == list(range(6))
+
+
+# -- items in flight follow max_concurrency on Dask too (issue 16) -------------------------------------
+@pytest.mark.parametrize("is_async", [False, True], ids=["threads", "async"])
+def test_items_in_flight_reach_max_concurrency_on_dask(tmp_path: Path, executor: DaskExecutor,
+                                                       is_async: bool) -> None:
+    from tests.test_concurrency import _counter, _peak, bounded
+    counter = _counter(tmp_path)
+    result = bounded.run({"counter": counter, "n": 60, "mc": 20, "async": is_async},
+                         store=tmp_path / "store", executor=executor, progress=False)
+    assert result.get_results() == [2 * i for i in range(60)]
+    assert _peak(counter) == 20  # two Dask worker threads, 20 items at once

@@ -16,6 +16,7 @@ from .test_durability import recorded_items
 JOB = textwrap.dedent('''
     import os, sys, time
     from durablemap import durable_execution
+    from durablemap.config import MapConfig
 
     LOG, STORE, SLEEP = sys.argv[1], sys.argv[2], float(sys.argv[3])
 
@@ -29,7 +30,8 @@ JOB = textwrap.dedent('''
 
     @durable_execution
     def handler(event, context):
-        return context.map(list(range(200)), work, name="slow").get_results()
+        # at most 10 in flight: an interrupt leaves items never started (waiting items run together)
+        return context.map(list(range(200)), work, name="slow", config=MapConfig(max_concurrency=10)).get_results()
 
     if __name__ == "__main__":
         out = handler.run(None, store=STORE, execution_id="job", workers=2, progress=False)

@@ -52,6 +52,7 @@ class MapSpec:
     timeout_in_worker: bool = False  # no coordinator watches this worker's slot (Dask): time items here
     coordinator_pid: int = 0  # a worker in another process sends its items' log records back
     log_levels: dict[str, int] | None = None  # the coordinator's logger levels (see _logs)
+    is_async: bool = False  # the items are coroutines: they run on an event loop (see _inflight)
     #: ``context(state, path)`` makes an item's context (``DurableContext``, from the operations layer)
     context: Callable[[ExecutionState, tuple[int, ...]], Any] = _no_context
 
@@ -71,6 +72,8 @@ class ChunkResult:
     fatal: dict[str, Any] | None = None
     committed: bool = False  # the worker committed the records itself (``records`` is then empty)
     logs: list[dict[str, Any]] | None = None  # log records the items emitted (see _logs)
+    cpu: float = 0.0  # CPU seconds the worker process used while the chunk ran
+    concurrency: int = 1  # the most items of the chunk the worker allowed to run at once
 
 
 
@@ -81,6 +84,10 @@ class Executor(Protocol):
     @property
     def workers(self) -> int:
         """How many chunks may usefully run at once."""
+
+    @property
+    def threads(self) -> bool:
+        """Whether a worker may run several items of a chunk at once (False: one at a time)."""
 
     @property
     def chunk_seconds(self) -> float:
@@ -106,9 +113,10 @@ class Executor(Protocol):
     def unpublish(self, ref: Any) -> None:
         """Forget a published spec."""
 
-    def submit(self, ref: Any, indexes: Sequence[int]) -> Future[ChunkResult]:
-        """Start running the items at ``indexes``. May raise an error for which :meth:`is_broken` is
-        true (the pool broke before the chunk got in): the coordinator then treats it as a break."""
+    def submit(self, ref: Any, indexes: Sequence[int], concurrency: int = 1) -> Future[ChunkResult]:
+        """Start running the items at ``indexes``, up to ``concurrency`` of them at once. May raise
+        an error for which :meth:`is_broken` is true (the pool broke before the chunk got in): the
+        coordinator then treats it as a break."""
 
     def is_broken(self, error: BaseException) -> bool:
         """True when ``error`` (from a future or from submit) means workers died."""

@@ -63,6 +63,7 @@ class DaskExecutor:
     """
 
     slots = None
+    threads = True  # a chunk's items that wait run several at once in the Dask worker's process
     chunk_seconds = 0.25  # a Dask task costs a scheduler round trip: chunks of about this much work
     shares_store = False  # items' records travel back; workers need no access to the store
     client: Any  # distributed.Client (typed Any: distributed's annotations are partial)
@@ -109,11 +110,11 @@ class DaskExecutor:
         self._published.discard(ref)
         ref.remote.release()
 
-    def submit(self, ref: Any, indexes: Sequence[int]) -> Future[ChunkResult]:
+    def submit(self, ref: Any, indexes: Sequence[int], concurrency: int = 1) -> Future[ChunkResult]:
         """Run the chunk as one Dask task; its future settles once its journal is committed."""
         remote_map = ref.remote_map
         remote = self.client.submit(run_remote_chunk, remote_map.spec.token, ref.remote, list(indexes),
-                                    remote_map.prior_of(indexes), pure=False)
+                                    remote_map.prior_of(indexes), concurrency, pure=False)
         future: Future[ChunkResult] = Future()
         with self._lock:
             self._outstanding.add(remote)

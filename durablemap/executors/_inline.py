@@ -19,6 +19,7 @@ class InlineExecutor:
     """Runs each submitted chunk at once in this process; the coordinator keeps one in flight."""
 
     workers = 1
+    threads = False  # items run one at a time in the calling thread (an async map: on an event loop)
     chunk_seconds = 0.05
     shares_store = False  # items run here: the coordinator commits in line
     slots = None
@@ -34,7 +35,7 @@ class InlineExecutor:
     def unpublish(self, ref: Any) -> None:
         """Nothing to forget."""
 
-    def submit(self, ref: Any, indexes: Sequence[int]) -> Future[ChunkResult]:
+    def submit(self, ref: Any, indexes: Sequence[int], concurrency: int = 1) -> Future[ChunkResult]:
         """Run the chunk now and return its finished future."""
         future: Future[ChunkResult] = Future()
         try:

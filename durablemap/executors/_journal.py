@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import fields
 from typing import cast
 
@@ -41,7 +42,9 @@ __all__ = ["Journal", "Op", "RemoteMap", "RemoteState", "remote_payload", "run_r
 #: Journal operations: ("put", key, value) or ("delete", prefix, b"").
 Op = tuple[str, bytes, bytes]
 
-_local = threading.local()
+# The journal of the chunk this code runs for: a context variable, so that the threads and tasks
+# running several items of a chunk at once (copies of the chunk's context) record into it too.
+_JOURNAL: ContextVar[Journal | None] = ContextVar("durablemap_journal", default=None)
 
 
 class Journal(MemoryRecords):
@@ -51,16 +54,23 @@ class Journal(MemoryRecords):
     def __init__(self, records: Iterable[tuple[bytes, bytes]] = ()) -> None:
         super().__init__(records)
         self.ops: list[Op] = []
+        self._lock = threading.RLock()  # the items of a chunk may run on several threads at once
+
+    def _keys(self) -> list[bytes]:
+        with self._lock:
+            return super()._keys()
 
     def put(self, key: bytes, value: bytes) -> None:
         """Keep the record, and the write to send back."""
-        super().put(key, value)
-        self.ops.append(("put", key, value))
+        with self._lock:
+            super().put(key, value)
+            self.ops.append(("put", key, value))
 
     def delete_prefix(self, prefix: bytes) -> int:
         """Forget the records, and send the deletion back."""
-        self.ops.append(("delete", prefix, b""))
-        return super().delete_prefix(prefix)
+        with self._lock:
+            self.ops.append(("delete", prefix, b""))
+            return super().delete_prefix(prefix)
 
 
 class RemoteState(ExecutionState):
@@ -69,7 +79,7 @@ class RemoteState(ExecutionState):
 
     def store(self) -> RecordStore:
         """The journal of the chunk running on this thread."""
-        journal: Journal | None = getattr(_local, "journal", None)
+        journal = _JOURNAL.get()
         if journal is None:
             raise StoreError("A durable operation ran on a remote worker outside a map item's chunk; "
                              "operations inside items record through their chunk's journal only.")
@@ -90,16 +100,16 @@ def remote_payload(spec: MapSpec) -> bytes:
 
 
 def run_remote_chunk(token: int, payload: bytes, indexes: Sequence[int],
-                     prior: list[tuple[bytes, bytes]]) -> tuple[ChunkResult, list[Op]]:
-    """The remote task: run a chunk of items against a journal seeded with ``prior`` records; return
-    the items' results and the journal's writes. ``payload`` is :func:`remote_payload`, unpickled
-    once per worker process."""
+                     prior: list[tuple[bytes, bytes]], concurrency: int = 1) -> tuple[ChunkResult, list[Op]]:
+    """The remote task: run a chunk of items (up to ``concurrency`` at once) against a journal
+    seeded with ``prior`` records; return the items' results and the journal's writes. ``payload``
+    is :func:`remote_payload`, unpickled once per worker process."""
     journal = Journal(prior)
-    _local.journal = journal
+    reset = _JOURNAL.set(journal)
     try:
-        result = run_chunk(_load_spec(token, payload), indexes)
+        result = run_chunk(_load_spec(token, payload), indexes, concurrency)
     finally:
-        _local.journal = None
+        _JOURNAL.reset(reset)
     return result, journal.ops
 
 

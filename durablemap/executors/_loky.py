@@ -63,6 +63,7 @@ class LokyExecutor:
     items need them (see _itemfile)."""
 
     chunk_seconds = 0.05  # large enough to hide what a loky task costs (~0.15 ms)
+    threads = True  # a worker runs several items of a chunk at once when they wait (see _inflight)
     shares_store = True  # workers on this machine open the store themselves and commit their chunks
 
     def __init__(self, workers: int | None = None) -> None:
@@ -98,9 +99,9 @@ class LokyExecutor:
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
-    def submit(self, ref: Any, indexes: Sequence[int]) -> Future[ChunkResult]:
+    def submit(self, ref: Any, indexes: Sequence[int], concurrency: int = 1) -> Future[ChunkResult]:
         """Queue a chunk on the pool."""
-        future: Future[ChunkResult] = self._pool().submit(run_chunk_from_file, ref, indexes)
+        future: Future[ChunkResult] = self._pool().submit(run_chunk_from_file, ref, indexes, concurrency)
         return future
 
     def chunks_in_flight(self) -> int:

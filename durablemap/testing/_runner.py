@@ -66,7 +66,8 @@ class _Snapshot:
         self.operations: dict[tuple[int, ...], Operation] = {(): records.operation("")}
         self.operations.update((op.path, op) for op in records.operations())
         self.children: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
-        for path in self.operations:  # id order: children come out in index order
+        self.operations.update(_in_flight_items(self.operations))
+        for path in sorted(self.operations):  # id order: children come out in index order
             if path:
                 self.children.setdefault(self._parent(path), []).append(path)
 
@@ -84,6 +85,24 @@ class _Snapshot:
     def read(cls, store_path: str, execution_id: str) -> _Snapshot:
         with StoreReader.open(store_path) as reader:
             return cls(reader.read_execution(execution_id))
+
+
+def _in_flight_items(operations: dict[tuple[int, ...], Operation]) -> dict[tuple[int, ...], Operation]:
+    """The items of finished maps and parallels that were in flight when they completed early: shown
+    STARTED, as the map reports them (whether or not a worker recorded them after), as in the SDK,
+    where every item started is an operation."""
+    shown: dict[tuple[int, ...], Operation] = {}
+    for path, op in operations.items():
+        if str(op.sub_type) not in _BATCH_SUB_TYPES or not op.finished:
+            continue
+        item_type = (OperationSubType.MAP_ITERATION if str(op.sub_type) == OperationSubType.MAP
+                     else OperationSubType.PARALLEL_BRANCH)
+        for index in op.meta.get("started") or ():
+            item = operations.get((*path, index))
+            shown[(*path, index)] = Operation(
+                f"{op.id}/{index}", op.kind, str(item_type), item.name if item else None, "STARTED", None,
+                dict(item.meta) if item else {}, None, op.execution_id)
+    return shown
 
 
 class _OperationSearch:
