@@ -85,15 +85,12 @@ class ConcurrencyPlan:
     Until a chunk says otherwise (``measured``), items are taken to wait: each worker gets one
     chunk of its share of the items that may run at once, which it runs with a ``Throttle`` (so a
     CPU-bound map finds out in its first chunks, one item at a time). A chunk whose worker ran
-    several items at once, or whose items left the CPU mostly idle, keeps the map waiting-heavy; a
-    chunk run one at a time with the CPU busy makes it CPU-bound: chunks sized by time, one item
-    at a time, two chunks per worker in flight.
+    several items at once makes the map waiting-heavy; a first chunk its throttle kept at one at
+    a time makes it CPU-bound: chunks sized by time, one item at a time, two chunks per worker in
+    flight (the worker's fast path).
     """
 
     __slots__ = ("bound", "max_concurrency", "waiting", "workers")
-
-    MIN_ELAPSED = 0.002  # a chunk shorter than this says nothing of waiting: CPU-bound fast path
-    IDLE = 0.5  # a chunk that kept the CPU busy less than this share of its time waited
 
     def __init__(self, workers: int, max_concurrency: int | None, bound: int | None,
                  threads: bool = True) -> None:
@@ -105,13 +102,11 @@ class ConcurrencyPlan:
     def measured(self, items: int, elapsed: float, cpu: float, peak: int) -> None:
         """A chunk of ``items`` ran in ``elapsed`` seconds using ``cpu`` seconds of CPU, with at
         most ``peak`` of its items at once."""
-        if not items or (self.waiting is False and peak <= 1):
+        if not items:
             return
-        if peak > 1:
+        if peak > 1:  # the worker's throttle found them waiting (it counts the CPU they queue for)
             self.waiting = True
-        elif elapsed >= self.MIN_ELAPSED:
-            self.waiting = cpu < self.IDLE * elapsed
-        elif self.waiting is None:
+        elif self.waiting is None:  # a throttle kept them one at a time: CPU-bound
             self.waiting = False
 
     def in_flight_limit(self, n: int) -> int:

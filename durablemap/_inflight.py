@@ -178,12 +178,14 @@ class Flight:
             result.records.append(record)
 
     def sample(self, running: int) -> None:
-        """Let the throttle look at the CPU use now and then."""
+        """Let the throttle look at the CPU use now and then. Only items running for a sample's
+        interval at least count as running: quick items gain nothing from running together."""
         now = time.monotonic()
         if self.throttle.due(now):
+            lasting = sum(1 for _, start in self.rows.values() if now - start >= Throttle.INTERVAL) if running else 0
             queued = self._queued() if self.throttle.allowed <= _MEASURED_QUEUES else 0.0
             if queued is not None:
-                self.throttle.sample(now, time.process_time(), running, queued)
+                self.throttle.sample(now, time.process_time(), lasting, queued)
 
     def _queued(self) -> float | None:
         """Seconds the threads running items waited for a CPU since the last call (Linux
@@ -286,6 +288,10 @@ def run_threads(flight: Flight, call: Callable[[int], Outcome], owner: object | 
                 except BaseException as exc:
                     outcome = exc
                 flight.finished(index, outcome)
+                if flight.commit_due(0):
+                    flight.commit()
+                flight.sample(0)
+                continue
             while (index := flight.admit(len(running))) is not None:
                 context = flight.started(index, _NO_THREAD)
                 running[pool.submit(context.run, item, index, flight.rows[index][0])] = index

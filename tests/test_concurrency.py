@@ -1,7 +1,10 @@
 """Items in flight follow MapConfig.max_concurrency, not the number of worker processes (issue 16).
 
 Measured from inside the items with a counter in a file under an exclusive lock (no timings): how
-many items are inside their waiting section at once, at most. Crashes and kills use real processes.
+many items are inside their waiting section at once, at most. Each item waits there until as many
+items as the bound are inside (or 10 s pass: then the peak falls short and the test fails), so
+reaching the bound does not depend on how the machine's load staggers the workers. Crashes and kills
+use real processes.
 """
 
 from __future__ import annotations
@@ -35,9 +38,10 @@ def _bump(path: str, delta: int) -> None:
         fh.write(f"{now} {max(peak, now)}")
 
 
-def _counter(tmp_path: Path) -> str:
+def _counter(tmp_path: Path, bound: int) -> str:
     path = tmp_path / "inside"
     path.write_text("0 0")
+    Path(f"{path}.bound").write_text(str(bound))
     return str(path)
 
 
@@ -45,10 +49,21 @@ def _peak(path: str) -> int:
     return int(Path(path).read_text().split()[1])
 
 
+def _all_inside(counter: str, deadline: float) -> bool:
+    """Whether as many items as the bound are inside (each waits for its wave), or time is up."""
+    bound = int(Path(f"{counter}.bound").read_text())
+    with open(counter) as fh:
+        fcntl.flock(fh, fcntl.LOCK_SH)
+        inside = int(fh.read().split()[0])
+    return inside >= bound or time.monotonic() > deadline
+
+
 def sleeping(ctx: DurableContext, counter: str, index: int, inputs: Any) -> int:
     _bump(counter, 1)
+    deadline = time.monotonic() + 10
     try:
-        time.sleep(0.15)
+        while not _all_inside(counter, deadline):
+            time.sleep(0.01)  # polling the counter, not ordering anything by time
     finally:
         _bump(counter, -1)
     return index * 2
@@ -56,8 +71,10 @@ def sleeping(ctx: DurableContext, counter: str, index: int, inputs: Any) -> int:
 
 async def awaiting(ctx: DurableContext, counter: str, index: int, inputs: Any) -> int:
     _bump(counter, 1)
+    deadline = time.monotonic() + 10
     try:
-        await asyncio.sleep(0.15)
+        while not _all_inside(counter, deadline):
+            await asyncio.sleep(0.01)
     finally:
         _bump(counter, -1)
     return index * 2
@@ -71,15 +88,15 @@ def bounded(event: dict[str, Any], context: DurableContext) -> BatchResult[int]:
 
 @pytest.mark.parametrize("is_async", [False, True], ids=["threads", "async"])
 def test_items_in_flight_reach_max_concurrency_with_two_workers(tmp_path: Path, is_async: bool) -> None:
-    counter = _counter(tmp_path)
-    result = bounded.run({"counter": counter, "n": 150, "mc": 50, "async": is_async},
+    counter = _counter(tmp_path, 50)
+    result = bounded.run({"counter": counter, "n": 100, "mc": 50, "async": is_async},
                          store=tmp_path / "s", workers=2, progress=False)
-    assert result.get_results() == [2 * i for i in range(150)]
+    assert result.get_results() == [2 * i for i in range(100)]
     assert _peak(counter) == 50  # never more, and the two workers did reach it
 
 
 def test_a_small_max_concurrency_is_never_exceeded(tmp_path: Path) -> None:
-    counter = _counter(tmp_path)
+    counter = _counter(tmp_path, 3)
     result = bounded.run({"counter": counter, "n": 30, "mc": 3, "async": False},
                          store=tmp_path / "s", workers=2, progress=False)
     assert result.success_count == 30
@@ -92,7 +109,7 @@ def unbounded(event: dict[str, Any], context: DurableContext) -> BatchResult[int
 
 
 def test_without_max_concurrency_the_run_concurrency_bounds_waiting_items(tmp_path: Path) -> None:
-    counter = _counter(tmp_path)
+    counter = _counter(tmp_path, 12)
     result = unbounded.run({"counter": counter, "n": 60}, store=tmp_path / "s", workers=2, progress=False,
                            concurrency=12)
     assert result.success_count == 60

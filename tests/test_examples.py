@@ -17,7 +17,7 @@ EXPECTED = {
     "02_validate_email.py": "ALL_COMPLETED",
     "03_configured_map.py": "{'item': 99, 'squared': 9801}",
     "04_max_concurrency.py": "https://example.com/api/99",
-    "05_completion_criteria.py": "ValueError: Item 14 failed",
+    "05_completion_criteria.py": "ValueError: Item 0 failed",
     "06_steps_in_items.py": "{'user_id': 'user_3', 'notification_sent': True}",
     "07_inventory.py": "['prod_1', 'prod_2', 'prod_3', 'prod_4']",
     "08_nested_and_steps.py": "'revenue': 330",

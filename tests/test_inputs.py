@@ -157,6 +157,7 @@ def test_a_map_over_file_lines_in_workers(tmp_path: Path) -> None:
 JOB = textwrap.dedent('''
     import json, sys, time
     from durablemap import durable_execution
+    from durablemap.config import MapConfig
     from durablemap.inputs import FileLines, Files, ParquetRows
 
     KIND, SOURCE, LOG, STORE = sys.argv[1:5]
@@ -180,7 +181,9 @@ JOB = textwrap.dedent('''
 
     @durable_execution
     def handler(event, context):
-        return context.map(inputs(), work, name="items").get_results()
+        # 8 in flight: the kill after 100 logged items finds many recorded (the items wait, so a
+        # worker would otherwise run a hundred at once, logged before their burst is committed)
+        return context.map(inputs(), work, name="items", config=MapConfig(max_concurrency=8)).get_results()
 
     if __name__ == "__main__":
         try:
