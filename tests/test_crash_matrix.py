@@ -221,7 +221,7 @@ def poison_beside_slow_ones(ctx: DurableContext, item: dict[str, Any], index: in
 @durable_execution
 def poison_job(event: dict[str, Any], context: DurableContext) -> BatchResult[int]:
     return context.map([event] * event["items"], poison_beside_slow_ones, name="poison",
-                       config=MapConfig(max_worker_crashes=1))
+                       config=MapConfig(max_worker_crashes=1, max_concurrency=2))  # one item per process: the logs tell deaths by process
 
 
 @EXECUTORS
