@@ -124,9 +124,23 @@ def _encode_datetime(value: _dt.datetime) -> msgpack.ExtType:
     return _ext(_EXT_DATETIME_EXACT, f"{value.isoformat()}|{key or ''}|{value.fold}".encode())
 
 
+def _parse_datetime(text: str) -> _dt.datetime:
+    """``datetime.fromisoformat``, but exact for an offset with microseconds on every Python version.
+
+    Python 3.11 reads ``+00:00:00.000001`` as UTC: such an offset (never one of a real zone) is split
+    off and applied here.
+    """
+    if text[-7:-6] != "." or text[-16:-15] not in ("+", "-"):
+        return _dt.datetime.fromisoformat(text)
+    sign = -1 if text[-16] == "-" else 1
+    hours, minutes, seconds = (int(part) for part in text[-15:-7].split(":"))
+    offset = _dt.timedelta(hours=hours, minutes=minutes, seconds=seconds, microseconds=int(text[-6:]))
+    return _dt.datetime.fromisoformat(text[:-16]).replace(tzinfo=_dt.timezone(sign * offset))
+
+
 def _decode_datetime_exact(data: bytes) -> _dt.datetime:
     text, key, fold = data.decode().split("|")
-    parsed = _dt.datetime.fromisoformat(text)
+    parsed = _parse_datetime(text)
     if key:
         # Same wall time, zone and fold as recorded: the very same local time, even in a DST gap.
         return parsed.replace(tzinfo=zoneinfo.ZoneInfo(key), fold=int(fold))
@@ -200,7 +214,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
     if code == _EXT_DECIMAL:
         return Decimal(data.decode("ascii"))
     if code == _EXT_DATETIME:
-        return _dt.datetime.fromisoformat(data.decode("ascii"))
+        return _parse_datetime(data.decode("ascii"))
     if code == _EXT_DATETIME_EXACT:
         return _decode_datetime_exact(data)
     if code == _EXT_DATE:

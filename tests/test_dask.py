@@ -104,8 +104,12 @@ def test_completion_criteria_example_agrees_where_it_is_deterministic(tmp_path: 
     for entry in on_dask["all"]:
         if entry["status"] != "STARTED" and entry["index"] in finished:
             assert entry == finished[entry["index"]]
-    assert [e["index"] for e in on_dask["all"] if e["status"] == "FAILED"] == [0, 7, 14]
-    assert sum(e["status"] == "SUCCEEDED" for e in on_dask["all"]) >= 15
+    # Items 0, 7 and 14 raise: each that finished is FAILED; with several items in flight per worker,
+    # one of them may still be running (STARTED) or not started when the 15th success completes the map.
+    status = {e["index"]: e["status"] for e in on_dask["all"]}
+    assert {i for i, s in status.items() if s == "FAILED"} <= {0, 7, 14}
+    assert all(status.get(i, "STARTED") in {"FAILED", "STARTED"} for i in (0, 7, 14))
+    assert sum(s == "SUCCEEDED" for s in status.values()) >= 15
 
 
 # -- a lost worker ----------------------------------------------------------------------------------

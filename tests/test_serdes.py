@@ -110,6 +110,8 @@ EXTENDED_VALUES = [
     dt.datetime(2024, 5, 6, 7, 8, 9, 123456),
     dt.datetime(2024, 5, 6, tzinfo=dt.UTC),
     dt.datetime(2024, 5, 6, tzinfo=dt.timezone(dt.timedelta(hours=-3, minutes=-30))),
+    # Python 3.11's fromisoformat reads this offset (from isoformat's '+00:00:00.000001') as UTC.
+    dt.datetime(2000, 1, 1, tzinfo=dt.timezone(dt.timedelta(microseconds=1))),
     dt.datetime(2024, 7, 1, 12, tzinfo=PARIS),
     dt.datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=PARIS),
     dt.datetime(2024, 3, 31, 2, 30, tzinfo=PARIS),  # inside the DST gap
