@@ -101,8 +101,9 @@ class ConcurrencyPlan:
 
     def measured(self, items: int, elapsed: float, cpu: float, peak: int) -> None:
         """A chunk of ``items`` ran in ``elapsed`` seconds using ``cpu`` seconds of CPU, with at
-        most ``peak`` of its items at once."""
-        if not items:
+        most ``peak`` of its items at once (0: it could not run two at once, so it tells nothing:
+        a one-item chunk of waiting items is not a CPU-bound one)."""
+        if not items or not peak:
             return
         if peak > 1:  # the worker's throttle found them waiting (it counts the CPU they queue for)
             self.waiting = True

@@ -441,7 +441,7 @@ def test_item_log_records_reach_the_coordinator_from_dask_workers(
 def test_items_in_flight_reach_max_concurrency_on_dask(tmp_path: Path, executor: DaskExecutor,
                                                        is_async: bool) -> None:
     from tests.test_concurrency import _counter, _peak, bounded
-    counter = _counter(tmp_path, 20)
+    counter = _counter(tmp_path, 20, 60)
     result = bounded.run({"counter": counter, "n": 60, "mc": 20, "async": is_async},
                          store=tmp_path / "store", executor=executor, progress=False)
     assert result.get_results() == [2 * i for i in range(60)]

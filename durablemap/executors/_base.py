@@ -73,7 +73,9 @@ class ChunkResult:
     committed: bool = False  # the worker committed the records itself (``records`` is then empty)
     logs: list[dict[str, Any]] | None = None  # log records the items emitted (see _logs)
     cpu: float = 0.0  # CPU seconds the worker process used while the chunk ran
-    concurrency: int = 1  # the most items of the chunk the worker allowed to run at once
+    # The most items of the chunk the worker allowed to run at once; 0 when the chunk could not
+    # run two at once (one item, or one at a time asked): it says nothing about how items behave.
+    concurrency: int = 1
 
 
 
