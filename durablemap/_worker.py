@@ -147,7 +147,6 @@ def run_chunk(spec: MapSpec, indexes: Sequence[int], concurrency: int = 1) -> Ch
                 _run_watched(spec, indexes, result, slot, functools.partial(_run_many, limit=concurrency), depth)
                 _memory.shared_peak_done()
             else:
-                result.concurrency = 0
                 _run_one_by_one(spec, indexes, result, slot, depth)
             result.elapsed = time.perf_counter() - start
             result.cpu = time.process_time() - cpu

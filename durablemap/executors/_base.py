@@ -73,9 +73,9 @@ class ChunkResult:
     committed: bool = False  # the worker committed the records itself (``records`` is then empty)
     logs: list[dict[str, Any]] | None = None  # log records the items emitted (see _logs)
     cpu: float = 0.0  # CPU seconds the worker process used while the chunk ran
-    # The most items of the chunk the worker allowed to run at once; 0 when the chunk could not
-    # run two at once (one item, or one at a time asked): it says nothing about how items behave.
-    concurrency: int = 1
+    # The most items of the chunk the worker allowed to run at once (set by ``_inflight``); 0 when
+    # the chunk ran one item after another: it could not show two at once, so it says nothing.
+    concurrency: int = 0
 
 
 
