@@ -70,7 +70,8 @@ def overwrite(offset: int, size: int) -> Callable[[Path], None]:
 
 
 def assert_explained(store: Path, script: Path, *words: str, commands: list[list[str]] = COMMANDS) -> None:
-    """Every command exits 2 with one line naming the store and ``words``; handler.run raises StoreError."""
+    """Every command exits 2 with one line naming the store and ``words`` and the salvage command to
+    run; handler.run raises StoreError saying the same."""
     for command in commands:
         out = subprocess.run([sys.executable, "-m", "durablemap", command[0], "--store", str(store), *command[1:]],
                              capture_output=True, timeout=120, check=False)
@@ -78,10 +79,12 @@ def assert_explained(store: Path, script: Path, *words: str, commands: list[list
         assert out.returncode == 2, (command, out.returncode, err)  # a SIGBUS would be -7
         assert f"durablemap: store {store}" in err and all(w in err for w in words), (command, err)
         assert "Traceback" not in err, (command, err)
+        assert f"`durablemap salvage {store} {store}-salvaged`" in err, (command, err)
     run = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, timeout=300, check=False)
     err = run.stderr.decode()
     assert run.returncode == 1, (run.returncode, err)
     assert err.strip().splitlines()[-1].startswith(f"durablemap._errors.StoreError: store {store}"), err
+    assert f"`durablemap salvage {store} {store}-salvaged`" in err, err
     assert all(w in err for w in words) and "restore it from a copy" in err.lower().replace("restore the store directory from a copy", "restore it from a copy"), err
 
 

@@ -39,7 +39,7 @@ import lmdb
 from durablemap._errors import StoreError
 from durablemap._store._env import check_directory, is_open_in_process
 
-__all__ = ["CompactResult", "compact"]
+__all__ = ["CompactResult", "compact", "lock_holders"]
 
 _META_TXNID = struct.Struct("<Q")  # mm_txnid, at byte 144 of each of the two meta pages
 _META_MAGIC = 0xBEEFC0DE
@@ -69,7 +69,7 @@ def _last_txnid(data_path: str) -> int:
     return int(max(ids))
 
 
-def _holders(lock_path: str) -> list[int]:
+def lock_holders(lock_path: str) -> list[int]:
     """Pids holding a lock on ``lock_path`` (from /proc/locks; empty where that is unavailable)."""
     try:
         inode = os.stat(lock_path).st_ino
@@ -82,7 +82,7 @@ def _holders(lock_path: str) -> list[int]:
 
 
 def _refusal(path: str, why: str, lock_path: str) -> StoreError:
-    pids = _holders(lock_path)
+    pids = lock_holders(lock_path)
     who = f" (pid {', '.join(map(str, pids))})" if pids else ""
     return StoreError(f"store {path}: cannot compact it: {why}{who}. Its records are intact and the freed "
                       "space is reused by new records; compact it later, when no job, worker or other "

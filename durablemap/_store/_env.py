@@ -26,12 +26,13 @@ its parent's handle; it cannot open the store either (see ``_refuse_if_inherited
 from __future__ import annotations
 
 import os
+import shlex
 import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import lmdb
 
@@ -39,7 +40,7 @@ from durablemap._errors import StoreError
 from durablemap._store._keys import FORMAT_VERSION, MAX_KEY_SIZE
 
 __all__ = ["DEFAULT_MAP_SIZE", "FORMAT_VERSION", "MAGIC", "SharedEnv", "acquire_env", "check_data_file",
-           "check_directory", "damaged", "is_open_in_process"]
+           "check_directory", "damaged", "is_open_in_process", "read_header", "salvage_command", "Header"]
 
 T = TypeVar("T")
 
@@ -197,12 +198,19 @@ class SharedEnv:
         raise StoreError(f"store {self.path}: {operation} failed: the map kept being resized; run again")
 
 
+def salvage_command(path: str) -> str:
+    """The command that salvages the store at ``path`` into a new store beside it, quoted for a shell."""
+    return f"`durablemap salvage {shlex.quote(path)} {shlex.quote(path.rstrip(os.sep) + '-salvaged')}`"
+
+
 def damaged(path: str, what: str) -> StoreError:
     """The StoreError of a damaged store: where, what is wrong, and what to do."""
     return StoreError(
         f"store {path}: is damaged: {what}. Its records cannot be trusted or read in full. Restore the "
         "store directory from a copy (a backup, or a copy of the whole directory taken while no job "
-        "ran), or move it aside and run again to start afresh"
+        f"ran); or run {salvage_command(path)}, which copies every record it can still read into a new "
+        "store and reports what was lost, and run the job on the new store (it re-runs only what was "
+        "lost); or move it aside and run again to start afresh"
     )
 
 
@@ -215,10 +223,32 @@ _LMDB_MAGIC, _LMDB_VERSION = 0xBEEFC0DE, 1
 _DEFAULT_PAGE = 4096
 
 
-def check_data_file(path: str) -> None:
-    """Refuse a data.mdb that LMDB would read past the end of (a truncated file: LMDB maps it, and
-    touching a page beyond the end kills the process with SIGBUS) or whose meta pages are damaged.
-    A missing or empty file is a store being created, and passes."""
+class Header(NamedTuple):
+    """What LMDB's two header (meta) pages of a data.mdb say: see :func:`read_header`."""
+
+    page_size: int
+    #: ``(txnid, last page)`` of meta pages 0 and 1; None for a page that is not an LMDB meta page.
+    metas: list[tuple[int, int] | None]
+    #: The file's size in bytes.
+    size: int
+
+    @property
+    def newest(self) -> tuple[int, int] | None:
+        """``(txnid, last page)`` of the valid meta page in force (the higher txnid), or None."""
+        valid = [meta for meta in self.metas if meta is not None]
+        return max(valid) if valid else None
+
+    @property
+    def needed(self) -> int:
+        """The bytes the commit in force uses (0 when no meta page is valid)."""
+        newest = self.newest
+        return (newest[1] + 1) * self.page_size if newest is not None else 0
+
+
+def read_header(path: str) -> Header | None:
+    """LMDB's header pages of ``path``/data.mdb, read with plain file reads (never mapped); None for
+    a missing file or one that is all zeros (a store being created). An unreadable file raises
+    StoreError."""
     file = os.path.join(path, "data.mdb")
     try:
         with open(file, "rb") as fh:
@@ -231,26 +261,32 @@ def check_data_file(path: str) -> None:
                 head = head[:psize] + fh.read(psize)
             size = os.fstat(fh.fileno()).st_size  # after the metas: the file only grows before them
     except FileNotFoundError:
-        return
+        return None
     except OSError as exc:
         raise StoreError(f"store {path}: cannot read data.mdb ({exc.strerror or exc}); make the store "
                          "readable by this user") from exc
     if not head.strip(b"\x00"):
-        return  # created, not yet initialised
-    metas = [_read_meta(head, offset) for offset in (0, psize)]
-    valid = [meta for meta in metas if meta is not None]
-    if not valid:
+        return None  # created, not yet initialised
+    return Header(psize, [_read_meta(head, offset) for offset in (0, psize)], size)
+
+
+def check_data_file(path: str) -> None:
+    """Refuse a data.mdb that LMDB would read past the end of (a truncated file: LMDB maps it, and
+    touching a page beyond the end kills the process with SIGBUS) or whose meta pages are damaged.
+    A missing or empty file is a store being created, and passes."""
+    header = read_header(path)
+    if header is None:
+        return
+    if header.newest is None:
         raise StoreError(f"store {path}: data.mdb is not an LMDB file, or both its header pages are "
                          "damaged. If this directory held a durablemap store, it is damaged: restore it "
-                         "from a copy; otherwise choose another directory")
-    if len(valid) == 1:
-        page = metas.index(None)
-        raise damaged(path, f"data.mdb's header page {page} (of 2) is overwritten")
-    _txnid, last_page = max(valid)
-    needed = (last_page + 1) * psize
-    if size < needed:
-        raise damaged(path, f"data.mdb is {size} bytes but its last commit uses {needed}: the file was "
-                            "cut short (an interrupted copy, a full disk)")
+                         f"from a copy, or try {salvage_command(path)} (it reads what it can); otherwise "
+                         "choose another directory")
+    if None in header.metas:
+        raise damaged(path, f"data.mdb's header page {header.metas.index(None)} (of 2) is overwritten")
+    if header.size < header.needed:
+        raise damaged(path, f"data.mdb is {header.size} bytes but its last commit uses {header.needed}: the "
+                            "file was cut short (an interrupted copy, a full disk)")
 
 
 def _read_meta(head: bytes, offset: int) -> tuple[int, int] | None:
@@ -343,8 +379,8 @@ def _open_env(path: str, *, readonly: bool, map_size: int) -> SharedEnv:
         )
     except (lmdb.InvalidError, lmdb.VersionMismatchError) as exc:
         raise StoreError(f"store {path}: its data.mdb is not a readable LMDB file ({exc}). If this "
-                         "directory held a durablemap store, it is damaged: restore it from a copy; "
-                         "otherwise choose another directory") from exc
+                         "directory held a durablemap store, it is damaged: restore it from a copy, or try "
+                         f"{salvage_command(path)}; otherwise choose another directory") from exc
     except lmdb.Error as exc:
         raise StoreError(f"store {path}: cannot open the LMDB environment ({exc}); check that the "
                          "directory is writable, on a local disk, and not damaged") from exc

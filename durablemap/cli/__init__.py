@@ -4,6 +4,7 @@
     ls | show ID | failures ID | top ID | export ID --map NAME | report ID  read-only, no lock
     rm ID | gc --older-than 7d                      remove executions, then compact the store file
     compact                                         give the store's free space back to the disk
+    salvage [STORE] NEW_DIR                         copy what a damaged store still holds into a new one
 
 Every command finds the store as ``handler.run`` does: ``--store``, else ``$DURABLEMAP_STORE``, else
 ``./.durablemap``. Read commands open it read-only and take no lock, so they work while a job writes
@@ -27,6 +28,7 @@ import cloudpickle
 
 from durablemap import BatchResult, StoreError
 from durablemap._execution import default_execution_id, default_store_path
+from durablemap._salvage import salvage as salvage_store
 from durablemap.cli import _admin, _reader
 from durablemap.cli._load import load_handler
 from durablemap.cli._reader import CliError
@@ -451,3 +453,31 @@ def gc(older_than: str, store: str | None, dry_run: bool, no_compact: bool) -> N
     click.echo(f"{len(old)} execution(s) {'to remove' if dry_run else 'removed'}", err=True)
     if old and not dry_run and not no_compact:
         _compact(_store_path(store), strict=False)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, metavar="[STORE] NEW_DIR")
+@_store_option
+@_json_option
+def salvage(paths: tuple[str, ...], store: str | None, as_json: bool) -> None:
+    """Copy every record that can still be read from a damaged store into a new store at NEW_DIR (a
+    directory that does not exist yet, or is empty), and report what was saved and what could not be
+    read. The damaged store is named like every command's (--store, $DURABLEMAP_STORE, ./.durablemap),
+    or as the first of two paths; it is only read, never written. Then run the job on NEW_DIR: it
+    runs again only what was lost. Exit code 0 when nothing was lost, 1 when some records were, 2
+    when nothing could be salvaged."""
+    if len(paths) not in (1, 2) or (len(paths) == 2 and store is not None):
+        _die("give the new store's directory (durablemap salvage NEW_DIR --store DIR), or the damaged store "
+             "and the new directory (durablemap salvage DIR NEW_DIR)")
+    source = paths[0] if len(paths) == 2 else _store_path(store)
+    try:
+        report = salvage_store(source, paths[-1])
+    except StoreError as exc:
+        _die(str(exc))
+    if as_json:
+        _echo_json(report.to_json())
+    else:
+        for line in report.lines():
+            click.echo(line)
+    if not report.complete:
+        sys.exit(EXIT_FAILED)

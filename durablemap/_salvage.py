@@ -1,0 +1,247 @@
+"""Salvaging a damaged store into a new one (``durablemap salvage``): the part that knows records.
+
+``_store._salvage`` reads whatever LMDB can still read of the damaged store, in a child process
+that may die on a damaged page. Here each record read is checked (a record key, a msgpack record)
+and copied into a fresh store, or skipped and counted; then the new store is made consistent for a
+resume: a map that finished without its result in its own record (a replay rebuilds it from its
+items' records) and may have lost some of them is marked STARTED, so the next run resumes it and
+runs exactly the items whose records are missing; every execution that lost records is marked
+STARTED too (``durablemap ls`` shows it STOPPED, not SUCCEEDED), and the executions' index is
+rebuilt from their records.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from durablemap._errors import StoreError
+from durablemap._records import BATCH_SUB_TYPES, Kind, Record, Status, decode_record, encode_record
+from durablemap._store import FORMAT_VERSION, Store, decode_key, op_key, path_str
+from durablemap._store._env import check_directory
+from durablemap._store._salvage import ReadOutcome, Row, check_target, check_unused, read_store
+
+__all__ = ["SalvageReport", "salvage"]
+
+_WRITE_BATCH = 10_000  # records a transaction of the new store
+_EXECUTIONS = "executions"
+_INDEX_META = ("handler", "created", "started", "ended", "runs")  # what the executions index keeps
+
+
+@dataclass
+class SalvageReport:
+    """What :func:`salvage` saved, and what it could not read."""
+
+    source: str
+    target: str
+    #: Records copied, per ``(execution id, operation id)`` of the operation they are recorded under
+    #: (``""``: the execution's top level; ``"(execution)"``: the execution's own record).
+    saved: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: Records read but skipped, their value not a record, counted the same way.
+    undecodable: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: Records read but skipped because their key is not a record key.
+    bad_keys: int = 0
+    read: ReadOutcome = field(default_factory=ReadOutcome)
+    #: Operations marked STARTED so that the next run resumes them (``execution id:operation id``).
+    reopened: list[str] = field(default_factory=list)
+    #: Executions in the new store's index.
+    executions: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """True when every record was read and copied."""
+        return not (self.read.gaps or self.read.repairs or self.read.missing or self.undecodable or self.bad_keys)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return {
+            "source": self.source, "target": self.target, "complete": self.complete,
+            "saved": _nested(self.saved), "undecodable": _nested(self.undecodable), "bad_keys": self.bad_keys,
+            "lost_ranges": [gap.to_json() for gap in self.read.gaps], "repairs": self.read.repairs,
+            "missing_databases": self.read.missing, "reader_crashes": self.read.crashes,
+            "reopened": self.reopened, "executions": self.executions,
+        }
+
+    def lines(self) -> list[str]:
+        """The report as text, a line each."""
+        out = [f"salvaged {sum(self.saved.values()):,} records of {self.source} into {self.target}"]
+        for execution_id, parents in _nested(self.saved).items():
+            shown = ", ".join("the execution's own record" if parent == "(execution)" else
+                              f"{count:,} under {_op(parent)}" for parent, count in parents.items())
+            out.append(f"  execution {execution_id}: {sum(parents.values()):,} records ({shown})")
+        out += [f"  repaired to read it: {repair}" for repair in self.read.repairs]
+        for gap in self.read.gaps:
+            out.append(f"  LOST: unreadable {gap.describe()}")
+        for (execution_id, parent), count in sorted(self.undecodable.items()):
+            out.append(f"  LOST: {count:,} records of execution {execution_id} under {_op(parent)} that are "
+                       "not records (skipped)")
+        if self.bad_keys:
+            out.append(f"  LOST: {self.bad_keys:,} records whose key is not a record key (skipped)")
+        out += [f"  LOST: the store has no {name} database" for name in self.read.missing]
+        out += [f"  reopened {op} (it lost records): the next run resumes it" for op in self.reopened]
+        if self.read.crashes:
+            out.append(f"  the reading process died {len(self.read.crashes)} time(s) on damaged pages "
+                       f"(restarted each time); first: {self.read.crashes[0]}")
+        out.append("nothing was lost" if self.complete else
+                   "run the job on the new store: it runs again only what was lost")
+        return out
+
+
+def _op(parent: str) -> str:
+    return "the top level" if parent == "" else "the execution" if parent == "(execution)" else f"operation {parent}"
+
+
+def _nested(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (execution_id, parent), count in sorted(counts.items()):
+        out.setdefault(execution_id, {})[parent] = count
+    return out
+
+
+def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> SalvageReport:
+    """Copy every readable record of the store at ``source`` into a new store at ``target`` (a
+    directory that does not exist yet, or is empty); returns what was saved and what was lost.
+    ``source`` is never written. Raises StoreError when nothing can be read, or a live process has
+    ``source`` open."""
+    real = check_directory(Path(source), readonly=True)
+    new = check_target(real, Path(target))
+    check_unused(real)
+    report = SalvageReport(real, new)
+    with Store.open(new) as store:
+        writer = _Writer(store, report)
+        report.read = read_store(real, new, writer.sinks(), writer.flush)
+        writer.finish()
+    return report
+
+
+class _Writer:
+    """Checks each record read and writes it to the new store; then makes the store consistent."""
+
+    def __init__(self, store: Store, report: SalvageReport) -> None:
+        self.store, self.report = store, report
+        self.pending: list[Row] = []
+        self.index: list[Row] = []
+        self.roots: set[str] = set()  # executions whose own record was saved
+        self.lost_keys: list[bytes] = []  # keys of records skipped as not records
+
+    def sinks(self) -> dict[bytes, Callable[[list[Row]], None]]:
+        """What to do with the rows of each database, in the order to read them."""
+        return {b"meta": self.meta, b"records": self.records, b"index": self.index.extend}
+
+    def meta(self, rows: list[Row]) -> None:
+        """The source's meta: refuse a store of a newer format."""
+        for key, value in rows:
+            if key == b"format" and len(value) == 4 and int.from_bytes(value, "big") > FORMAT_VERSION:
+                raise StoreError(f"store {self.report.source}: was written by a newer durablemap (store format "
+                                 f"{int.from_bytes(value, 'big')}); salvage it with that version")
+
+    def records(self, rows: list[Row]) -> None:
+        """Copy the rows that are records; count the others."""
+        for key, value in rows:
+            try:
+                execution_id, path = decode_key(key)
+            except StoreError:
+                self.report.bad_keys += 1
+                continue
+            where = (execution_id, path_str(path[:-1]) if path else "(execution)")
+            try:
+                decode_record(value)
+            except StoreError:
+                self.report.undecodable[where] += 1
+                self.lost_keys.append(key)
+                continue
+            if not path:
+                self.roots.add(execution_id)
+            self.report.saved[where] += 1
+            self.pending.append((key, value))
+        if len(self.pending) >= _WRITE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the records kept so far, in one durable transaction."""
+        if self.pending:
+            self.store.put_many(self.pending)
+            self.pending = []
+
+    def finish(self) -> None:
+        """Reopen what lost records, and rebuild the executions' index."""
+        self.flush()
+        suspects, executions = self._losers()
+        for key in sorted(suspects):
+            self._reopen(key, lambda record: (record.kind == Kind.CONTEXT and record.sub_type in BATCH_SUB_TYPES
+                                              and record.payload is None))
+        for execution_id in sorted(executions):
+            self._reopen(op_key(execution_id, ()), lambda record: True)
+        self._rebuild_index()
+
+    def _losers(self) -> tuple[set[bytes], set[str]]:
+        """The keys of the saved operations (not executions) that may have lost descendants, and the
+        executions that lost records."""
+        suspects: set[bytes] = set()
+        executions: set[str] = set()
+        for gap in self.report.read.gaps:
+            if gap.db != "records":
+                continue
+            for bound in (gap.after, gap.before):
+                decoded = _decode(bound)
+                if decoded is not None:
+                    executions.add(decoded[0])
+            after = _decode(gap.after)
+            if after is not None:  # a record that lost descendants has a key that gap.after starts with
+                suspects.update(op_key(after[0], after[1][:n]) for n in range(1, len(after[1]) + 1))
+        for key in self.lost_keys:
+            execution_id, path = decode_key(key)
+            executions.add(execution_id)
+            suspects.update(op_key(execution_id, path[:n]) for n in range(1, len(path)))
+        return suspects, executions
+
+    def _reopen(self, key: bytes, needs: Callable[[Record], bool]) -> None:
+        """Mark the finished record at ``key`` STARTED when ``needs`` it."""
+        raw = self.store.get(key)
+        if raw is None:
+            return
+        record = decode_record(raw)
+        if record.finished and needs(record):
+            self.store.put(key, encode_record(record._replace(status=Status.STARTED)))
+            execution_id, path = decode_key(key)
+            self.report.reopened.append(f"{execution_id}:{path_str(path) or '(execution)'}")
+
+    def _rebuild_index(self) -> None:
+        """The executions' index from their records; an execution whose own record was lost gets it
+        back from its index entry (as STARTED), so that ``ls`` shows it."""
+        from_index: dict[str, bytes] = {}
+        for full, value in self.index:
+            name, sep, key = full.partition(b"\x00")
+            if not sep:
+                continue
+            if name != _EXECUTIONS.encode():
+                self.store.index_put(name.decode(errors="replace"), key, value)
+                continue
+            from_index[key.decode(errors="replace")] = value
+        for execution_id, value in from_index.items():
+            if execution_id not in self.roots:
+                try:
+                    record = decode_record(value)
+                except StoreError:
+                    continue
+                self.store.put(op_key(execution_id, ()), encode_record(record._replace(status=Status.STARTED)))
+                self.roots.add(execution_id)
+        for execution_id in sorted(self.roots):
+            record = decode_record(self.store.get(op_key(execution_id, ())) or b"")
+            meta = {k: v for k, v in (record.meta or {}).items() if k in _INDEX_META}
+            entry = Record(record.kind, record.status, record.name, record.sub_type, None, None, meta)
+            self.store.index_put(_EXECUTIONS, execution_id.encode(), encode_record(entry))
+        self.report.executions = len(self.roots)
+
+
+def _decode(key: bytes | None) -> tuple[str, tuple[int, ...]] | None:
+    if key is None:
+        return None
+    try:
+        return decode_key(key)
+    except StoreError:
+        return None
