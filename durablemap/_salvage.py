@@ -20,15 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from durablemap._errors import StoreError
-from durablemap._records import BATCH_SUB_TYPES, Kind, Record, Status, decode_record, encode_record
+from durablemap._records import BATCH_SUB_TYPES, ITEM_SUB_TYPES, Kind, Record, Status, decode_record, encode_record
 from durablemap._store import FORMAT_VERSION, Store, decode_key, op_key, path_str
 from durablemap._store._env import check_directory
+from durablemap._store._keys import COMPONENT_SIZE
 from durablemap._store._salvage import ReadOutcome, Row, check_target, check_unused, read_store
 
 __all__ = ["SalvageReport", "salvage"]
 
 _WRITE_BATCH = 10_000  # records a transaction of the new store
 _EXECUTIONS = "executions"
+_ANCHOR_OPERATIONS = 4  # searched from when nothing before them can be read: a job's first maps
 _INDEX_META = ("handler", "created", "started", "ended", "runs")  # what the executions index keeps
 
 
@@ -48,13 +50,18 @@ class SalvageReport:
     read: ReadOutcome = field(default_factory=ReadOutcome)
     #: Operations marked STARTED so that the next run resumes them (``execution id:operation id``).
     reopened: list[str] = field(default_factory=list)
+    #: Maps (and parallels) whose own record was lost while item records of theirs were saved:
+    #: ``execution id:operation id``. A run resumes a map from its own record: it runs all their
+    #: items again.
+    orphaned: list[str] = field(default_factory=list)
     #: Executions in the new store's index.
     executions: int = 0
 
     @property
     def complete(self) -> bool:
         """True when every record was read and copied."""
-        return not (self.read.gaps or self.read.repairs or self.read.missing or self.undecodable or self.bad_keys)
+        return not (self.read.gaps or self.read.repairs or self.read.missing or self.undecodable or self.bad_keys
+                    or self.orphaned)
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` form."""
@@ -63,7 +70,7 @@ class SalvageReport:
             "saved": _nested(self.saved), "undecodable": _nested(self.undecodable), "bad_keys": self.bad_keys,
             "lost_ranges": [gap.to_json() for gap in self.read.gaps], "repairs": self.read.repairs,
             "missing_databases": self.read.missing, "reader_crashes": self.read.crashes,
-            "reopened": self.reopened, "executions": self.executions,
+            "reopened": self.reopened, "orphaned_maps": self.orphaned, "executions": self.executions,
         }
 
     def lines(self) -> list[str]:
@@ -83,6 +90,8 @@ class SalvageReport:
             out.append(f"  LOST: {self.bad_keys:,} records whose key is not a record key (skipped)")
         out += [f"  LOST: the store has no {name} database" for name in self.read.missing]
         out += [f"  reopened {op} (it lost records): the next run resumes it" for op in self.reopened]
+        out += [f"  LOST: the record of map {op} (its items' records were saved, but a run resumes a map from "
+                "its own record: the next run runs all its items again)" for op in self.orphaned]
         if self.read.crashes:
             out.append(f"  the reading process died {len(self.read.crashes)} time(s) on damaged pages "
                        f"(restarted each time); first: {self.read.crashes[0]}")
@@ -113,7 +122,7 @@ def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> S
     report = SalvageReport(real, new)
     with Store.open(new) as store:
         writer = _Writer(store, report)
-        report.read = read_store(real, new, writer.sinks(), writer.flush)
+        report.read = read_store(real, new, writer.sinks(), writer.flush, writer.anchors)
         writer.finish()
     return report
 
@@ -127,10 +136,20 @@ class _Writer:
         self.index: list[Row] = []
         self.roots: set[str] = set()  # executions whose own record was saved
         self.lost_keys: list[bytes] = []  # keys of records skipped as not records
+        self.maps: set[bytes] = set()  # keys of the maps (and parallels) with item records saved
 
     def sinks(self) -> dict[bytes, Callable[[list[Row]], None]]:
         """What to do with the rows of each database, in the order to read them."""
-        return {b"meta": self.meta, b"records": self.records, b"index": self.index.extend}
+        return {b"meta": self.meta, b"index": self.index.extend, b"records": self.records}
+
+    def anchors(self, db: bytes) -> list[bytes]:
+        """Where to search for readable records when the first ones cannot be read: item 0 of the
+        first top-level operations of each execution the index names."""
+        if db != b"records":
+            return []
+        ids = {full.partition(b"\x00")[2] for full, _ in self.index if full.startswith(_EXECUTIONS.encode() + b"\x00")}
+        return [op_key(execution_id.decode(errors="replace"), (top, 0)) for execution_id in ids
+                for top in range(1, _ANCHOR_OPERATIONS + 1)]
 
     def meta(self, rows: list[Row]) -> None:
         """The source's meta: refuse a store of a newer format."""
@@ -149,13 +168,15 @@ class _Writer:
                 continue
             where = (execution_id, path_str(path[:-1]) if path else "(execution)")
             try:
-                decode_record(value)
+                record = decode_record(value)
             except StoreError:
                 self.report.undecodable[where] += 1
                 self.lost_keys.append(key)
                 continue
             if not path:
                 self.roots.add(execution_id)
+            elif record.sub_type in ITEM_SUB_TYPES:
+                self.maps.add(key[:-COMPONENT_SIZE])
             self.report.saved[where] += 1
             self.pending.append((key, value))
         if len(self.pending) >= _WRITE_BATCH:
@@ -176,6 +197,10 @@ class _Writer:
                                               and record.payload is None))
         for execution_id in sorted(executions):
             self._reopen(op_key(execution_id, ()), lambda record: True)
+        for key in sorted(self.maps):
+            if self.store.get(key) is None:
+                execution_id, path = decode_key(key)
+                self.report.orphaned.append(f"{execution_id}:{path_str(path)}")
         self._rebuild_index()
 
     def _losers(self) -> tuple[set[bytes], set[str]]:

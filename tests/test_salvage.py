@@ -97,15 +97,15 @@ def rerun(script: Path, store: Path, tmp_path: Path) -> set[int]:
 
 
 def check_salvage(script: Path, damaged: Path, new: Path, tmp_path: Path, out: subprocess.CompletedProcess[str],
-                  before: dict[str, tuple[str, int]]) -> set[int]:
-    """The damaged store is untouched; the new one resumes and runs exactly the lost items, all
-    results right. Returns the lost items."""
+                  before: dict[str, tuple[str, int]], *, map_record_lost: bool = False) -> set[int]:
+    """The damaged store is untouched; the new one resumes and runs exactly the lost items (all of
+    them when the map's own record was lost), all results right. Returns the lost items."""
     assert "Traceback" not in out.stderr, out.stderr
     assert fingerprint(damaged) == before, "salvage changed the damaged store"
     saved = item_results(new)
     assert all(value == {"i": i, "sq": i * i} for i, value in saved.items())
     lost = set(range(N)) - set(saved)
-    assert rerun(script, new, tmp_path) == lost
+    assert rerun(script, new, tmp_path) == (set(range(N)) if map_record_lost else lost)
     assert item_results(new) == {i: {"i": i, "sq": i * i} for i in range(N)}
     return lost
 
@@ -135,6 +135,40 @@ def test_a_page_of_random_bytes(tmp_path: Path, job: tuple[Path, Path]) -> None:
     assert f"keys after j:1/{min(lost) - 1} and before j:1/{max(lost) + 1}" in out.stdout, (sorted(lost), out.stdout)
 
 
+def first_leaf_of_records(data: Path) -> None:
+    """Random bytes over the leaf that holds the execution's own record, the map's record and its
+    first items (and over old copies of it in free pages): reading fails before the first record, and
+    must find the rest on its own."""
+    raw, found = data.read_bytes(), 0
+    for page in range(2, len(raw) // 4096):  # the leaf in the tree, and old copies of it in free pages
+        at = page * 4096
+        if int.from_bytes(raw[at + 10:at + 12], "little") == 0x02:  # P_LEAF
+            node = at + int.from_bytes(raw[at + 16:at + 18], "little")
+            if int.from_bytes(raw[node + 6:node + 8], "little") == 2 and raw[node + 8:node + 10] == b"j\x00":
+                with open(data, "r+b") as fh:
+                    fh.seek(at)
+                    fh.write(random.Random(page).randbytes(4096))
+                found += 1
+    assert found, "no leaf page starts with the execution's record"
+
+
+def test_the_first_page_of_records(tmp_path: Path, job: tuple[Path, Path]) -> None:
+    script, good = job
+    damaged = damaged_copy(good, tmp_path, first_leaf_of_records)
+    before = fingerprint(damaged)
+    new = tmp_path / "new"
+    out = salvage(str(damaged), str(new))
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "LOST: unreadable records: keys after (none) and before j:1/" in out.stdout, out.stdout
+    # The map's own record was on that page: a run resumes a map from its record, so all its items run
+    # again (their results are the same); the report says so.
+    assert "LOST: the record of map j:1 (its items' records were saved" in out.stdout, out.stdout
+    lost = check_salvage(script, damaged, new, tmp_path, out, before, map_record_lost=True)
+    assert lost and min(lost) == 0 and len(lost) < 200 and max(lost) == len(lost) - 1, sorted(lost)
+    with StoreReader.open(new) as reader:  # the execution's record was lost: rebuilt from the index
+        assert [e.status for e in reader.executions()] == ["SUCCEEDED"]
+
+
 def test_a_store_cut_short(tmp_path: Path, job: tuple[Path, Path]) -> None:
     script, good = job
     damaged = damaged_copy(good, tmp_path, lambda data: os.truncate(data, data.stat().st_size // 2))
@@ -147,7 +181,7 @@ def test_a_store_cut_short(tmp_path: Path, job: tuple[Path, Path]) -> None:
     assert any("bytes cut off" in repair for repair in report["repairs"]), report
     assert report["lost_ranges"], report
     assert not [name for name in os.listdir(new) if name.startswith(".salvage")], "the repaired copy was left"
-    check_salvage(script, damaged, new, tmp_path, out, before)
+    check_salvage(script, damaged, new, tmp_path, out, before, map_record_lost="j:1" in report["orphaned_maps"])
 
 
 def test_a_zeroed_header_page(tmp_path: Path, job: tuple[Path, Path]) -> None:
@@ -162,14 +196,16 @@ def test_a_zeroed_header_page(tmp_path: Path, job: tuple[Path, Path]) -> None:
 
 
 def leaves_of_records(data: bytes) -> list[int]:
-    """Leaf pages of the records' B-tree (their first key is a record key), from a third of the file on."""
+    """Leaf pages of the records' B-tree (their first key is a record key, not the execution's own:
+    not the first leaf), from a third of the file on."""
     pages, found = len(data) // 4096, []
     for page in range(pages // 3, pages):
         head = data[page * 4096:page * 4096 + 32]
         flags, lower = int.from_bytes(head[10:12], "little"), int.from_bytes(head[12:14], "little")
         if flags == 0x02 and lower > 16:  # P_LEAF, with nodes
             node = int.from_bytes(data[page * 4096 + 16:page * 4096 + 18], "little")  # first node's offset
-            if data[page * 4096 + node + 8:page * 4096 + node + 10] == b"j\x00":
+            size = int.from_bytes(data[page * 4096 + node + 6:page * 4096 + node + 8], "little")
+            if data[page * 4096 + node + 8:page * 4096 + node + 10] == b"j\x00" and size > 2:  # not the first
                 found.append(page)
     return found
 

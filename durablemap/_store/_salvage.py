@@ -51,6 +51,9 @@ _READER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_salvage_rea
 _BATCH = 1024  # records a message, reading forwards
 _REPLY_TIMEOUT = 30.0  # seconds without a word from the child before it is taken for hung
 _NO_KEY_LENGTH = 16  # the width of probe keys when no key was read yet
+_STRIDE = 16  # probing on after a failure: every 16th key first (a leaf holds 40 to 100 items)
+_DENSE_PROBES = 4096  # that many (65,536 items on), then ever further apart
+_PROBE_BATCH = 256  # probes a message
 
 Row = tuple[bytes, bytes]
 
@@ -174,8 +177,11 @@ class _Child:
 class _Scanner:
     """Reads every readable record of one database, in key order except around damage."""
 
-    def __init__(self, child: _Child, db: bytes, sink: Callable[[list[Row]], None], gaps: list[Gap]) -> None:
+    def __init__(self, child: _Child, db: bytes, sink: Callable[[list[Row]], None], gaps: list[Gap],
+                 anchors: list[bytes]) -> None:
         self.child, self.db, self.sink, self.gaps = child, db, sink, gaps
+        #: Where readable records may lie when nothing before them could be read: keys to search on from.
+        self.anchors = sorted(anchors)
 
     def read(self, low: bytes | None = None, high: bytes | None = None) -> None:
         """Read every readable record with a key in (low, high) (None: unbounded)."""
@@ -185,6 +191,8 @@ class _Scanner:
             if ok:
                 return
             probe = self.find_readable(failed_after, high)
+            if failed_after is None:
+                probe = self.from_anchors(probe, high)
             first_back, back_ok = self.backward(probe, failed_after, high)
             if not back_ok:
                 if first_back is not None:
@@ -240,16 +248,51 @@ class _Scanner:
             return False, None
         return reply[0] != "error", reply[1] if reply[0] == "found" else None
 
-    def find_readable(self, after: bytes | None, high: bytes | None) -> bytes | None:
+    def from_anchors(self, probe: bytes | None, high: bytes | None) -> bytes | None:
+        """Nothing could be read up to ``probe``: the first readable key found searching on from an
+        anchor below it, else ``probe``."""
+        for anchor in self.anchors:
+            if (probe is not None and anchor >= probe) or (high is not None and anchor >= high):
+                break
+            found = self.find_readable(anchor, probe, dense_only=True)
+            if found is not None and found != probe:
+                return found
+        return probe
+
+    def first_readable(self, keys: list[bytes]) -> int | None:
+        """The position in ``keys`` of the first from which reading works, None when none does."""
+        try:
+            reply = self.child.ask(("probes", self.db, keys))
+            answers = reply[1] if reply[0] == "probed" else []
+            return len(answers) - 1 if answers and answers[-1][0] != "error" else None
+        except _Died:  # one of them killed the reader: probe them one by one
+            return next((n for n, key in enumerate(keys) if self.probe(key)[0]), None)
+
+    def find_readable(self, after: bytes | None, high: bytes | None, *, dense_only: bool = False) -> bytes | None:
         """The smallest probe key above ``after`` from which reading works: ``high`` when none below
-        it does (None: when none does at all)."""
+        it does (None: when none does at all). Probes every _STRIDE-th key (as numbers of len(after)
+        bytes) first, then ever further apart, then bisects."""
         width = len(after) if after else _NO_KEY_LENGTH
         base = int.from_bytes(after.ljust(width, b"\x00"), "big") if after else 0
         limit = 256**width
         if high is not None:  # probe keys of ``width`` bytes below ``high``: values below this
             limit = min(limit, int.from_bytes(high[:width].ljust(width, b"\x00"), "big") + (len(high) > width))
         failed, step, worked = base, 1, limit
-        while base + step < limit:
+        for first in range(1, _DENSE_PROBES + 1, _PROBE_BATCH):
+            values = [v for v in range(base + first * _STRIDE, base + (first + _PROBE_BATCH) * _STRIDE, _STRIDE)
+                      if v < limit]
+            hit = self.first_readable([v.to_bytes(width, "big") for v in values]) if values else None
+            if hit is not None:
+                failed, worked = (values[hit - 1] if hit else failed), values[hit]
+                break
+            if not values or len(values) < _PROBE_BATCH:
+                failed = values[-1] if values else failed
+                break
+            failed = values[-1]
+        if worked == limit and dense_only:
+            return high
+        base, step = failed, 1
+        while worked == limit and base + step < limit:
             if self.probe((base + step).to_bytes(width, "big"))[0]:
                 worked = base + step
                 break
@@ -310,34 +353,54 @@ def check_unused(real: str) -> None:
 
 
 def read_store(real: str, scratch: str, sinks: dict[bytes, Callable[[list[Row]], None]],
-               flush: Callable[[], None]) -> ReadOutcome:
+               flush: Callable[[], None], anchors: Callable[[bytes], list[bytes]]) -> ReadOutcome:
     """Read every readable record of the databases named in ``sinks`` (in that order) of the store at
-    ``real``, passing them to their sink a batch at a time (``flush`` after each database). A repaired
-    copy, when one is needed, is written in a directory made in ``scratch`` and removed after."""
-    outcome = ReadOutcome()
-    work = _prepare(real, scratch, outcome.repairs, previous=False)
+    ``real``, passing them to their sink a batch at a time (``flush`` after each database).
+    ``anchors(db)`` (called when that database's turn comes) gives keys around which its records are
+    likely to be, to search from when its first records cannot be read. A repaired copy, when one is
+    needed, is written in a directory made in ``scratch`` and removed after.
+
+    The store is read as of its last commit; as of the commit before when the last one's list of
+    databases cannot be read, or none of its records can (every commit writes a new root page for
+    each: the previous commit's may have survived where the last's did not)."""
+    crashes: list[str] = []
+    problem = "the reading process died"
+    fallback: ReadOutcome | None = None
+    for previous in (False, True):
+        outcome = ReadOutcome(crashes=crashes)
+        try:
+            _read_snapshot(real, scratch, sinks, flush, anchors, outcome, previous=previous)
+        except _NoCatalog as exc:
+            problem = str(exc)
+            continue
+        if previous or not any(gap.db == "records" and gap.after is None and gap.before is None
+                               for gap in outcome.gaps):
+            return outcome
+        fallback = outcome
+    if fallback is not None:
+        return fallback
+    raise StoreError(f"store {real}: LMDB cannot read the list of its databases, as of its last commit or the "
+                     f"one before ({problem}): nothing can be salvaged; restore the store from a copy")
+
+
+class _NoCatalog(Exception):
+    """The list of the environment's databases cannot be read."""
+
+
+def _read_snapshot(real: str, scratch: str, sinks: dict[bytes, Callable[[list[Row]], None]],
+                   flush: Callable[[], None], anchors: Callable[[bytes], list[bytes]], outcome: ReadOutcome,
+                   *, previous: bool) -> None:
+    work = _prepare(real, scratch, outcome.repairs, previous=previous)
     try:
         child = _Child(work or real, outcome.crashes)
         try:
             try:
                 found = child.start(list(sinks))
             except (StoreError, _Died) as exc:
-                # The list of databases is rewritten by every commit: the previous commit's may be whole.
-                if work is not None:
-                    shutil.rmtree(work, ignore_errors=True)
-                outcome.repairs.clear()
-                work = _prepare(real, scratch, outcome.repairs, previous=True)
-                child.close()
-                child = _Child(work or real, outcome.crashes)
-                try:
-                    found = child.start(list(sinks))
-                except (StoreError, _Died):
-                    raise StoreError(f"store {real}: LMDB cannot read the list of its databases, as of its last "
-                                     f"commit or the one before ({exc or 'the reading process died'}): nothing "
-                                     "can be salvaged; restore the store from a copy") from None
+                raise _NoCatalog(str(exc) or "the reading process died") from None
             for db, sink in sinks.items():
                 if db in found:
-                    _Scanner(child, db, sink, outcome.gaps).read()
+                    _Scanner(child, db, sink, outcome.gaps, anchors(db)).read()
                     flush()
                 else:
                     outcome.missing.append(db.decode())
@@ -346,7 +409,6 @@ def read_store(real: str, scratch: str, sinks: dict[bytes, Callable[[list[Row]],
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
-    return outcome
 
 
 @dataclass
@@ -398,7 +460,7 @@ def _repair(fh: Any, header: Header, repairs: list[str], previous: bool) -> None
         page[0:8] = bad.to_bytes(8, "little")  # the page number, in the page's header
         fh.seek(bad * psize)
         fh.write(page)
-        why = "is damaged" if header.metas[bad] is None else "leads to a damaged list of databases"
+        why = "is damaged" if header.metas[bad] is None else "leads to pages that cannot be read"
         repairs.append(f"data.mdb's header page {bad} {why}: the store was read as of the commit its "
                        f"other header page records (transaction {good[0] if good else '?'}); a later commit, "
                        "if there was one, is lost")

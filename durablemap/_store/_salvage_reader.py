@@ -13,6 +13,8 @@ Orders (tuples), and what each answers:
 
     ("open", [name, ...])                    ("ok", [names opened]) | ("error", message)
     ("probe", name, key)                     ("found", first key >= key) | ("end", None) | ("error", message)
+    ("probes", name, [key, ...])             ("probed", [the answer to "probe" of each key, up to the
+                                             first that is not an error])
     ("scan", name, start, inclusive, high, batch, limit)
         forward from ``start`` (None: the first record) up to ``high`` (exclusive; None: the end):
                                              ("rows", [(key, value), ...])* then ("end", None) |
@@ -56,6 +58,25 @@ class _Reader:
                 self.out.send(("error", "out of order: a damaged page"))
             else:
                 self.out.send(("found", bytes(cursor.key())))
+
+    def probes(self, name: bytes, keys: list[bytes]) -> None:
+        """``probe`` each key in turn, up to the first that works: one answer for them all."""
+        answers: list[tuple[str, bytes | None]] = []
+        for key in keys:
+            try:
+                with self.env.begin(db=self.dbs[name]) as txn:
+                    cursor = txn.cursor()
+                    if not cursor.set_range(key):
+                        answers.append(("end", None))
+                    elif cursor.key() < key:
+                        answers.append(("error", None))
+                    else:
+                        answers.append(("found", bytes(cursor.key())))
+            except lmdb.Error:
+                answers.append(("error", None))
+            if answers[-1][0] != "error":
+                break
+        self.out.send(("probed", answers))
 
     def scan(self, name: bytes, start: bytes | None, inclusive: bool, high: bytes | None, batch: int,
              limit: int | None) -> None:
