@@ -335,8 +335,9 @@ def decode_record(data: bytes, where: str = "") -> Record:
     except Exception as exc:
         raise StoreError(
             f"The record of {where or 'an operation'} cannot be decoded ({exc}). The store may be "
-            "corrupt or written by another program; remove that execution with `durablemap rm ID` "
-            "to start it afresh."
+            "damaged or written by another program: `durablemap salvage STORE NEW_DIR` copies every "
+            "record that can be read into a new store (run the job on that one: it re-runs only what "
+            "was lost), or remove that execution with `durablemap rm ID` to start it afresh."
         ) from None
 
 

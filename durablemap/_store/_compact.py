@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import lmdb
 
 from durablemap._errors import StoreError
-from durablemap._store._env import check_directory, is_open_in_process
+from durablemap._store._env import check_directory, is_open_in_process, salvage_command
 
 __all__ = ["CompactResult", "compact", "lock_holders"]
 
@@ -64,7 +64,8 @@ def _last_txnid(data_path: str) -> int:
     ids = []
     for page in (head, second):
         if len(page) < 152 or struct.unpack_from("<I", page, 16)[0] != _META_MAGIC:
-            raise StoreError(f"{data_path}: its meta pages are not LMDB's; the store may be damaged")
+            raise StoreError(f"{data_path}: its meta pages are not LMDB's; the store may be damaged: "
+                             f"restore it from a copy, or run {salvage_command(os.path.dirname(data_path))}")
         ids.append(_META_TXNID.unpack_from(page, 144)[0])
     return int(max(ids))
 

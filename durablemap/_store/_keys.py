@@ -88,17 +88,19 @@ def decode_key(key: bytes) -> tuple[str, tuple[int, ...]]:
     """Split a record key into ``(execution_id, path)``; raises ``StoreError`` for anything else."""
     id_bytes, sep, rest = bytes(key).partition(b"\x00")
     if not sep:
-        raise StoreError(f"record key {key[:64]!r} has no execution id terminator; the store may be corrupt")
+        raise StoreError(f"record key {key[:64]!r} has no execution id terminator; the store may be "
+                         "damaged (`durablemap salvage STORE NEW_DIR` copies what can be read into a new store)")
     if len(rest) % COMPONENT_SIZE:
         raise StoreError(
             f"record key {key[:64]!r} has a path of {len(rest)} bytes, not a multiple of {COMPONENT_SIZE}; "
-            "the store may be corrupt"
+            "the store may be damaged (`durablemap salvage STORE NEW_DIR` copies what can be read into a new store)"
         )
     try:
         execution_id = id_bytes.decode()
     except UnicodeDecodeError as exc:
         raise StoreError(
-            f"record key {key[:64]!r} has an execution id that is not UTF-8; the store may be corrupt"
+            f"record key {key[:64]!r} has an execution id that is not UTF-8; the store may be "
+            "damaged (`durablemap salvage STORE NEW_DIR` copies what can be read into a new store)"
         ) from exc
     return execution_id, path_of(rest, 0)
 
