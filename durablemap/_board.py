@@ -74,6 +74,9 @@ class ItemBoard:
         # With no completion criterion only "all done" ends the map: results are counted a chunk at
         # a time instead of one by one.
         self.bulk = predicate is None and not policy.has_criteria
+        #: Called after each item counted while the map goes on (not by bulk counting): the
+        #: coordinator takes the room it freed at once (see ``Coordinator._hold``).
+        self.counted: Callable[[], None] | None = None
 
     # -- the completion policy ----------------------------------------------------------------
     def check(self) -> None:
@@ -128,6 +131,10 @@ class ItemBoard:
             if self.codes[index] == RUNNING:
                 self.codes[index] = NEW
                 self.in_flight -= 1
+
+    def running(self) -> list[int]:
+        """The items in flight, sorted."""
+        return [m.start() for m in _RUNNING_BYTE.finditer(self.codes)] if self.in_flight else []
 
     def running_among(self, indexes: Iterable[int]) -> list[int]:
         """Those of ``indexes`` still running, sorted."""
@@ -184,6 +191,8 @@ class ItemBoard:
                 self.failed += 1
                 failed += 1
             self.check()
+            if self.counted is not None and self.reason is None:
+                self.counted()
         return succeeded, failed
 
     def outcome(self) -> MapOutcome:

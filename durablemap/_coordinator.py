@@ -50,6 +50,7 @@ from durablemap._memory import MemoryLimits, start_monitor
 from durablemap._observe import MapInfo, Observers
 from durablemap._records import Record, op_key
 from durablemap._state import ExecutionState
+from durablemap._timeskip import TimeSkip
 from durablemap.executors._base import ChunkResult, Executor, MapSpec
 
 __all__ = ["Coordinator", "MapOutcome", "Prior"]
@@ -85,11 +86,20 @@ class Coordinator:
         # With memory limits, items run one at a time per worker: their growth is measured item by item.
         threads = executor.threads and not (memory is not None and (memory.budget or memory.worker_limit))
         self.plan = ConcurrencyPlan(executor.workers, max_concurrency, state.settings.concurrency, threads)
+        # The testing runner's virtual clock on workers with slots: a chunk's items all start at once
+        # (threads allowing), and the clock moves only when every item in flight waits (_timeskip).
+        slots = getattr(executor, "slots", None)
+        self.timeskip = TimeSkip(slots, spec.token, executor.workers) if spec.virtual_time and slots else None
         self.futures: dict[Future[ChunkResult], Sequence[int]] = {}
         self.requeued: list[int] = []
         self.max_chunks = executor.chunks_in_flight()
         self.solo: Future[ChunkResult] | None = None  # a suspect running alone (see _faults)
         self.early = EarlyOutcomes(spec.commit_in_worker and not self.board.bulk)
+        # A map with a completion criterion and max_concurrency: the place each counted item frees is
+        # taken at once, as the SDK's threads do, even when no chunk can go to a worker yet (see _hold).
+        self.held: list[int] = []
+        if not self.board.bulk and max_concurrency is not None and not (memory is not None and memory.budget):
+            self.board.counted = self._hold
         self.stopping = False  # interrupted: no new work, and lost workers are not counted as crashes
         self.store, prefix = state.store(), op_key(state.execution_id, spec.path)
         self.map_name = info.name or "/".join(map(str, spec.path))
@@ -124,10 +134,10 @@ class Coordinator:
         try:
             while board.reason is None:
                 self._dispatch()
-                if not self.futures and not self.committer.in_flight:
+                if not self.futures and not self.committer.in_flight and not self.held:
                     board.finish_all()
                     break
-                self._collect(0.1 if self.item_timeout else 0.5)
+                self._collect(0.01 if self.timeskip else 0.1 if self.item_timeout else 0.5)
                 self._watch()
         except KeyboardInterrupt:
             self._interrupted()
@@ -147,17 +157,28 @@ class Coordinator:
         while board.reason is None and self.solo is None:
             chunks = min(plan.chunks_limit(self.max_chunks, self.early.enabled), self.max_chunks)
             room = plan.in_flight_limit(board.n) - board.in_flight
-            if len(self.futures) >= chunks or room <= 0:
-                return
-            size, threads = plan.next_chunk(self.sizer.size(board.remaining()), board.remaining(), room,
-                                            len(self.futures))
-            if self.memory is not None and not (size := self.memory.admit(
-                    size, len(self.futures), board.succeeded + board.failed > self.done_at_start)):
-                return  # over the memory budget: wait for items in flight to finish
-            indexes, solo = self._take(size)
-            if not indexes:
-                return
-            board.start(indexes)
+            if self.held and len(self.futures) < chunks:
+                held = len(self.held)  # items started already (see _hold): they go first
+                size, threads = plan.next_chunk(self.sizer.size(held), held, held, len(self.futures))
+                indexes: Sequence[int] = self.held[:size]
+                solo = False
+                del self.held[:size]
+            else:
+                if len(self.futures) >= chunks or room <= 0:
+                    if room > 0 and self.board.counted is not None:
+                        self._hold()
+                    return
+                size, threads = plan.next_chunk(self.sizer.size(board.remaining()), board.remaining(), room,
+                                                len(self.futures))
+                if self.memory is not None and not (size := self.memory.admit(
+                        size, len(self.futures), board.succeeded + board.failed > self.done_at_start)):
+                    return  # over the memory budget: wait for items in flight to finish
+                indexes, solo = self._take(size)
+                if not indexes:
+                    return
+                board.start(indexes)
+            if self.timeskip is not None:
+                threads = len(indexes)
             try:
                 future = self.executor.submit(self.ref, indexes, 1 if solo else min(threads, len(indexes)))
             except Exception as exc:
@@ -173,6 +194,21 @@ class Coordinator:
                 self.solo = future
             else:
                 self.early.track(future, threads)
+
+    def _hold(self) -> None:
+        """Start new items in the room the map has now, before any chunk can take them to a worker
+        (they go with the next chunk dispatched): for a map with a completion criterion and
+        ``max_concurrency``, whose result says which items started. The SDK starts the next item on
+        the thread an item frees before it counts another outcome; so does this, called by the board
+        after each item it counts (``ItemBoard.counted``)."""
+        board = self.board
+        if self.requeued or self.solo is not None or board.reason is not None or self.stopping:
+            return
+        room = self.plan.in_flight_limit(board.n) - board.in_flight
+        while room > 0 and (indexes := board.take(room)):
+            board.start(indexes)
+            self.held.extend(indexes)
+            room -= len(indexes)
 
     def _take(self, size: int) -> tuple[Sequence[int], bool]:
         """The next chunk's indexes, and whether it is a suspect to run alone."""
@@ -285,6 +321,9 @@ class Coordinator:
         if self.memory is not None and self.observers:
             self.memory.report(now, self.observers, self.info)
         self.lost.watch_timeouts(now)
+        if self.timeskip is not None:
+            self.timeskip.look(now, self.board.running(),
+                               bool(self.committer.in_flight), self.lost.recorded)
         for item in self.early.look(now, self.futures, self.board.running_among, self.lost.recorded):
             self._finish([item])  # one by one: the slot each frees is taken at once, as on the SDK's threads
             if self.board.reason is not None:
@@ -305,6 +344,8 @@ class Coordinator:
         stop the workers. A second Ctrl-C stops them at once."""
         self.board.reason = CompletionReason.ALL_COMPLETED  # stops further dispatch
         self.stopping = True
+        self.board.unstart(self.held)  # started, never sent to a worker
+        self.held.clear()
         for future in list(self.futures):
             if future.cancel():
                 self.board.unstart(self.futures.pop(future))

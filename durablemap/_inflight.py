@@ -66,7 +66,8 @@ class Flight:
                  limit: int) -> None:
         self.spec, self.result, self.slot = spec, result, slot
         self.pending = deque(indexes)
-        self.throttle = Throttle(min(limit, ROWS), _learned.get(spec.token, 1), time.monotonic(), time.process_time())
+        start = limit if spec.virtual_time else _learned.get(spec.token, 1)
+        self.throttle = Throttle(min(limit, ROWS), start, time.monotonic(), time.process_time())
         self.rows: dict[int, tuple[int, float]] = {}  # index -> (slot row, start)
         self.threads: dict[int, int] = {}  # index -> ident of the thread running it (threads only)
         self.natives: dict[int, int] = {}  # index -> the kernel's id of that thread
@@ -78,6 +79,7 @@ class Flight:
         self.fatal: dict[str, Any] | None = None
         self.t0, self.clock0 = time.time(), time.monotonic()
         self.committed_at = self.clock0
+        self.urgent = False  # an outcome that may complete the map waits in the batch (MapSpec.urgent)
         result.indexes = []
         if slot is not None:
             slot.begin_many(spec.token)
@@ -174,14 +176,16 @@ class Flight:
         if self.spec.commit_in_worker:
             self.timing[index] = (start - self.clock0, now - start)
             self.batch.append((index, record))
+            self.urgent = self.urgent or bool(self.spec.urgent & (1 if error is None else 2))
         else:
             result.records.append(record)
 
     def sample(self, running: int) -> None:
         """Let the throttle look at the CPU use now and then. Only items running for a sample's
-        interval at least count as running: quick items gain nothing from running together."""
+        interval at least count as running: quick items gain nothing from running together. Not
+        under the testing runner's virtual clock, whose items all run at once (see _timeskip)."""
         now = time.monotonic()
-        if self.throttle.due(now):
+        if self.throttle.due(now) and not self.spec.virtual_time:
             lasting = sum(1 for _, start in self.rows.values() if now - start >= Throttle.INTERVAL) if running else 0
             queued = self._queued() if self.throttle.allowed <= _MEASURED_QUEUES else 0.0
             if queued is not None:
@@ -210,9 +214,10 @@ class Flight:
     def commit_due(self, running: int) -> bool:
         """Whether to commit now: more items will finish (else ``close`` commits the last batch)
         and a sample's interval passed since the last commit (items finishing together, or quick
-        ones run one after another, share a commit)."""
+        ones run one after another, share a commit), or an outcome that may complete the map waits
+        (the coordinator must count it before later ones, as the SDK's threads would)."""
         return (bool(self.batch) and self.more(running)
-                and time.monotonic() - self.committed_at >= Throttle.INTERVAL)
+                and (self.urgent or time.monotonic() - self.committed_at >= Throttle.INTERVAL))
 
     def commit(self) -> None:
         """Record the items finished since the last commit, in one durable transaction."""
@@ -223,6 +228,7 @@ class Flight:
         carries their timings (see _timings), so that what is recorded is timed, whatever
         happens to the rest of the chunk."""
         self.committed_at = time.monotonic()
+        self.urgent = False
         batch, self.batch = self.batch, []
         if batch:
             indexes = [index for index, _ in batch]

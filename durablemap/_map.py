@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from durablemap import _stored
 from durablemap._batch import BatchItem, BatchItemStatus, BatchResult, CompletionReason
 from durablemap._board import FAILED, SUCCEEDED
+from durablemap._clock import VirtualClock
 from durablemap._completion import CompletionPolicy
 from durablemap._context import check_identity, failed_again
 from durablemap._coordinator import Coordinator, Prior
@@ -43,6 +44,7 @@ from durablemap._records import (
 from durablemap._step import operation_name
 from durablemap._store import op_key, path_str
 from durablemap.config import (
+    CompletionConfig,
     CompletionStatus,
     MapConfig,
     NestingType,
@@ -168,9 +170,13 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
                    item_serdes, flat, item_sub_type, names, fingerprints=not flat, key_prefix=key,
                    commit_in_worker=not flat and executor.shares_store, item_timeout=config.item_timeout,
                    coordinator_pid=os.getpid(), log_levels=logger_levels(), context=type(ctx),
-                   is_async=_is_async(func, inputs, sub_type))
+                   is_async=_is_async(func, inputs, sub_type), urgent=_urgent(config.completion_config))
     limits = MemoryLimits.resolve(state.settings, config.memory_budget, config.worker_memory_limit)
     spec.worker_memory_limit = limits.worker_limit
+    # The testing runner's clock across worker processes (see _timeskip): where items may run
+    # several at once in workers with slots (no memory limit measures them one by one).
+    spec.virtual_time = (isinstance(state.clock, VirtualClock) and getattr(executor, "slots", None) is not None
+                         and executor.threads and not (limits.budget or limits.worker_limit))
     ref = executor.publish(spec)
     try:
         if record is None or record.status == Status.STARTED:  # first run, or a resume: a new segment
@@ -205,6 +211,14 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
     if record is not None and record.get("memory_samples") and meta.get("memory_samples") is not None:
         meta["memory_samples"] = [*record.get("memory_samples"), *meta["memory_samples"]]  # a retry's too
     return _record_result(result, meta, config, put, fail, op_id, state.execution_id, spec.flat)
+
+
+def _urgent(criteria: CompletionConfig) -> int:
+    """``MapSpec.urgent``: which outcomes may complete the map (1 a success, 2 a failure)."""
+    custom = criteria.should_complete is not None
+    success = custom or criteria.min_successful is not None
+    failure = custom or (criteria.tolerated_failure_count, criteria.tolerated_failure_percentage) != (None, None)
+    return success | (2 * failure)
 
 
 def _is_async(func: Callable[..., Any], inputs: Sequence[Any], sub_type: str) -> bool:

@@ -95,6 +95,11 @@ class SlotWriter:
             self._seconds[2] = now
         return now
 
+    def current(self) -> tuple[int, int]:
+        """The map token and the item this worker runs (index -1: none, or several at once)."""
+        words = self._words
+        return words[0], words[1] if words[3] == 1 else -1
+
     def item_fields(self) -> tuple[memoryview[int], memoryview[float]]:
         """The slot as 8-byte words and as doubles, for a loop over tiny items that names each item
         itself after ``begin`` of the first (a method call per item costs them measurably): the

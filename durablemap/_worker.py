@@ -32,6 +32,7 @@ from typing import Any, NoReturn, TypeVar
 import cloudpickle
 
 from durablemap import _inflight, _logs, _memory
+from durablemap._clock import set_turn
 from durablemap._errors import (
     ErrorObject,
     ExecutionError,
@@ -48,6 +49,7 @@ from durablemap._records import ItemRecords, item_keys, item_records
 from durablemap._slots import SlotWriter
 from durablemap._state import item_slot
 from durablemap._store import path_str
+from durablemap._timeskip import await_turn, sleeper_path
 from durablemap._timings import chunk_meta, stamp_chunk
 from durablemap.executors._base import ChunkResult, MapSpec
 from durablemap.executors._itemfile import ItemFile
@@ -68,6 +70,7 @@ _slot: SlotWriter | None = None
 # since several items of a chunk run at once, each perhaps running a nested map.
 _DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("durablemap_depth", default=0)
 _specs: OrderedDict[str, MapSpec] = OrderedDict()
+_virtual_maps: set[int] = set()  # tokens of the maps whose coordinator moves a virtual clock (_timeskip)
 _SPEC_CACHE = 4
 
 
@@ -81,6 +84,7 @@ def init_worker(slot_dir: str, parent_pid: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _slot = SlotWriter(slot_dir)
     init_item_memory(_slot)
+    set_turn(functools.partial(_await_turn, slot_dir))
     stack_file = open(os.path.join(slot_dir, f"{os.getpid()}.stack"), "w")  # noqa: SIM115 - lives as long as the worker
     faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
     # Evidence for fault attribution (_faults): a fatal signal leaves faulthandler's report in the
@@ -94,6 +98,28 @@ def init_worker(slot_dir: str, parent_pid: int) -> None:
     if setup:  # "module:function", run once per worker (durablemap.testing's crash hooks)
         module, _, name = setup.partition(":")
         getattr(importlib.import_module(module), name)()
+
+
+def _await_turn(slot_dir: str, wake_at: float) -> None:
+    """A virtual sleep (the testing runner's clock) of a top-level item waits until its coordinator
+    says time may move (see _timeskip); elsewhere (a nested map's item) it returns at once."""
+    if _slot is None or _DEPTH.get() != 1 or _on_event_loop():
+        return  # an item on an event loop would block the others there: its sleep is skipped at once
+    token, index = _slot.current()
+    if token not in _virtual_maps:
+        return  # its coordinator does not move the clock (see MapSpec.virtual_time)
+    if index < 0:
+        index = _inflight.CURRENT_ITEM.get()
+    if index >= 0:
+        await_turn(sleeper_path(slot_dir, token, index), wake_at)
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 _real_exit = os._exit
@@ -138,6 +164,8 @@ def run_chunk(spec: MapSpec, indexes: Sequence[int], concurrency: int = 1) -> Ch
     depth = _DEPTH.get() + 1  # a nested map's chunk runs inside an item: the slot keeps naming the outer item
     depth_token = _DEPTH.set(depth)
     slot = _slot if depth == 1 else None
+    if spec.virtual_time and depth == 1 and spec.token not in _virtual_maps:
+        _virtual_maps.add(spec.token)
     result = ChunkResult(spec.token, indexes, [], [], {}, 0.0)
     # The cyclic collector would scan the growing result lists again and again on a chunk of tiny
     # items; it runs once the chunk is done instead.

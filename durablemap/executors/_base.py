@@ -53,6 +53,13 @@ class MapSpec:
     coordinator_pid: int = 0  # a worker in another process sends its items' log records back
     log_levels: dict[str, int] | None = None  # the coordinator's logger levels (see _logs)
     is_async: bool = False  # the items are coroutines: they run on an event loop (see _inflight)
+    #: What outcome may complete the map (its completion criterion): 1 a success, 2 a failure. A
+    #: worker running several items at once commits such an outcome at once, for the coordinator
+    #: to count before more items finish (see _inflight).
+    urgent: int = 0
+    #: The testing runner's virtual clock: a worker starts every item of its chunk at once, and an
+    #: item's wait moves the clock only when every item in flight waits (see _timeskip).
+    virtual_time: bool = False
     #: ``context(state, path)`` makes an item's context (``DurableContext``, from the operations layer)
     context: Callable[[ExecutionState, tuple[int, ...]], Any] = _no_context
 
