@@ -28,7 +28,8 @@ from durablemap._store._salvage import ReadOutcome, Row, check_target, check_unu
 
 __all__ = ["SalvageReport", "salvage"]
 
-_WRITE_BATCH = 10_000  # records a transaction of the new store
+_WRITE_BATCH = 10_000  # records a transaction of the new store, at most
+_WRITE_BYTES = 64 << 20  # and about this many bytes of values
 _EXECUTIONS = "executions"
 _ANCHOR_OPERATIONS = 4  # searched from when nothing before them can be read: a job's first maps
 _INDEX_META = ("handler", "created", "started", "ended", "runs")  # what the executions index keeps
@@ -133,6 +134,7 @@ class _Writer:
     def __init__(self, store: Store, report: SalvageReport) -> None:
         self.store, self.report = store, report
         self.pending: list[Row] = []
+        self.pending_bytes = 0
         self.index: list[Row] = []
         self.roots: set[str] = set()  # executions whose own record was saved
         self.lost_keys: list[bytes] = []  # keys of records skipped as not records
@@ -179,14 +181,15 @@ class _Writer:
                 self.maps.add(key[:-COMPONENT_SIZE])
             self.report.saved[where] += 1
             self.pending.append((key, value))
-        if len(self.pending) >= _WRITE_BATCH:
+            self.pending_bytes += len(value)
+        if len(self.pending) >= _WRITE_BATCH or self.pending_bytes >= _WRITE_BYTES:
             self.flush()
 
     def flush(self) -> None:
         """Write the records kept so far, in one durable transaction."""
         if self.pending:
             self.store.put_many(self.pending)
-            self.pending = []
+            self.pending, self.pending_bytes = [], 0
 
     def finish(self) -> None:
         """Reopen what lost records, and rebuild the executions' index."""

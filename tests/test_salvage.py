@@ -22,6 +22,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from durablemap.store import StoreReader
@@ -261,3 +262,42 @@ def test_the_target_must_be_new(tmp_path: Path, job: tuple[Path, Path]) -> None:
     assert out.returncode == 2 and "already exists and is not an empty directory" in out.stderr, out
     out = salvage(str(good), str(good / "inside"))
     assert out.returncode == 2 and "is inside the damaged store" in out.stderr, out
+
+
+def test_records_that_are_not_records_are_skipped_and_counted(tmp_path: Path, job: tuple[Path, Path]) -> None:
+    """Three item records whose values are not msgpack records (the B-tree itself intact): skipped,
+    counted under their map, and the map reopened so that the run runs exactly those three items."""
+    script, good = job
+    damaged = damaged_copy(good, tmp_path, lambda data: None)
+    spoiled = (17, 4242, 19999)
+    env = lmdb.open(str(damaged), max_dbs=8)
+    with env.begin(write=True, db=env.open_db(b"records", create=False)) as txn:
+        for index in spoiled:
+            assert txn.replace(b"j\x00" + (1).to_bytes(4, "big") + index.to_bytes(4, "big"), b"\xc1 not msgpack")
+    env.close()
+    before = fingerprint(damaged)
+    new = tmp_path / "new"
+    out = salvage(str(damaged), str(new))
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "LOST: 3 records of execution j under operation 1 that are not records (skipped)" in out.stdout, out.stdout
+    assert "reopened j:1 (it lost records)" in out.stdout, out.stdout
+    assert check_salvage(script, damaged, new, tmp_path, out, before) == set(spoiled)
+
+
+HOLD = "import sys, time\nfrom durablemap._store import Store\nstore = Store.open(sys.argv[1], readonly=True)\n" \
+       "print('open', flush=True)\ntime.sleep(60)\n"
+
+
+def test_a_store_open_in_another_process_is_refused(tmp_path: Path, job: tuple[Path, Path]) -> None:
+    _, good = job
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(good)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        out = salvage(str(good), str(tmp_path / "new"))
+        assert out.returncode == 2 and f"is open in pid {holder.pid}" in out.stderr, out
+        assert not (tmp_path / "new").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()

@@ -7,17 +7,23 @@ file and walks each database with a cursor, sending back records in batches. A d
 itself as an LMDB error, or kills the child (LMDB's assertion calls abort(); a page past the end of
 a file cut short is SIGBUS): the parent then knows the last key it received, K, restarts the child
 and finds where reading can resume, by asking the child for the first key at or after probe keys
-above K (K + 1, K + 2, K + 4, ... as a number of len(K) bytes, then bisecting between the last
-probe that failed and the first that worked). From that point it reads backwards down to the
-damage (one record a message, so a crash loses none) and forwards on. Between K and the first key
-read back lies a range of keys that could not be read: reported, and searched again for readable
-records in the same way. Every probe that fails costs microseconds when LMDB reports an error, and
+above K, keys taken as numbers of len(K) bytes: K + 16, K + 32, ... (4,096 of them, 256 a message),
+then ever further apart (doubling), then bisecting between the last probe that failed and the first
+that worked. From that point it reads backwards down to the damage (one record a message, so a crash
+loses none) and forwards on. Between K and the first key read back lies a range of keys that could
+not be read: reported, and searched again for readable records in the same way. When not even the
+first record can be read, the search starts from item 0 of the first operations of each execution
+the store's index names. Every probe that fails costs microseconds when LMDB reports an error, and
 a process start (about 0.15 s) when it aborts.
 
 What LMDB cannot open at all is prepared first, on a copy written inside the new store's directory
 (and removed at the end): a header page that is overwritten is replaced by the other one (the
 store as of its previous commit), and a file cut short is extended with zeros to the length its
-header says, so its missing pages read as pages of zeros (an LMDB error) rather than SIGBUS.
+header says, so its missing pages read as pages of zeros (an LMDB error) rather than SIGBUS. When
+the last commit's list of databases, or every record, cannot be read, the commit before is read.
+What LMDB cannot reach through its B-tree is not found: a page holding records whose branch page is
+lost is not read (that would mean parsing LMDB's pages, and telling live pages from free ones that
+hold older versions of records, which LMDB cannot tell from a page either).
 
 Writing. Records whose key is not a record key, or whose value is not a msgpack record, are skipped
 and counted. The rest go into a fresh store, with the executions' index. A map that finished
@@ -163,12 +169,16 @@ class _Child:
         return _Died()
 
     def close(self) -> None:
-        """Stop the child."""
+        """Stop the child (it exits when its input closes; killed if it does not)."""
         if self.conns is not None:
             for conn in self.conns:
                 conn.close()
         if self.proc is not None:
-            self.proc.wait(timeout=30)
+            try:
+                self.proc.wait(timeout=_REPLY_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self.err.close()
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import lmdb
 
 _MAX_DBS = 16
+_BATCH_BYTES = 8 << 20  # a message of rows holds at most about this much
 
 
 class _Reader:
@@ -80,7 +81,7 @@ class _Reader:
 
     def scan(self, name: bytes, start: bytes | None, inclusive: bool, high: bytes | None, batch: int,
              limit: int | None) -> None:
-        sent = 0
+        sent = size = 0
         rows: list[tuple[bytes, bytes]] = []
         try:
             with self.env.begin(db=self.dbs[name]) as txn:
@@ -98,11 +99,12 @@ class _Reader:
                         return
                     if high is not None and key >= high:
                         break
-                    rows.append((key, bytes(cursor.value())))
-                    previous, first = key, False
-                    if len(rows) >= batch:
+                    value = bytes(cursor.value())
+                    rows.append((key, value))
+                    previous, first, size = key, False, size + len(value)
+                    if len(rows) >= batch or size >= _BATCH_BYTES:
                         self.out.send(("rows", rows))
-                        sent, rows = sent + len(rows), []
+                        sent, rows, size = sent + len(rows), [], 0
                         if limit is not None and sent >= limit:
                             self.out.send(("limit", None))
                             return
