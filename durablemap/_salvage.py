@@ -20,7 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from durablemap._errors import StoreError
-from durablemap._records import BATCH_SUB_TYPES, ITEM_SUB_TYPES, Kind, Record, Status, decode_record, encode_record
+from durablemap._records import (
+    BATCH_SUB_TYPES,
+    ITEM_SUB_TYPES,
+    Kind,
+    Record,
+    Status,
+    SubType,
+    decode_raw,
+    decode_record,
+    encode_record,
+)
 from durablemap._store import FORMAT_VERSION, Store, decode_key, op_key, path_str
 from durablemap._store._env import check_directory
 from durablemap._store._keys import COMPONENT_SIZE
@@ -31,6 +41,7 @@ __all__ = ["SalvageReport", "salvage"]
 _WRITE_BATCH = 10_000  # records a transaction of the new store, at most
 _WRITE_BYTES = 64 << 20  # and about this many bytes of values
 _EXECUTIONS = "executions"
+_COMPACT_ITEMS = {1: SubType.MAP_ITERATION.value, 2: SubType.PARALLEL_BRANCH.value}  # see _records
 _ANCHOR_OPERATIONS = 4  # searched from when nothing before them can be read: a job's first maps
 _INDEX_META = ("handler", "created", "started", "ended", "runs")  # what the executions index keeps
 
@@ -139,6 +150,9 @@ class _Writer:
         self.roots: set[str] = set()  # executions whose own record was saved
         self.lost_keys: list[bytes] = []  # keys of records skipped as not records
         self.maps: set[bytes] = set()  # keys of the maps (and parallels) with item records saved
+        self.saved: Counter[tuple[bytes, bool]] = Counter()  # per (parent key, the execution's own record)
+        self.undecodable: Counter[tuple[bytes, bool]] = Counter()
+        self.ids: dict[bytes, bool] = {}  # execution ids seen: whether UTF-8
 
     def sinks(self) -> dict[bytes, Callable[[list[Row]], None]]:
         """What to do with the rows of each database, in the order to read them."""
@@ -161,29 +175,47 @@ class _Writer:
                                  f"{int.from_bytes(value, 'big')}); salvage it with that version")
 
     def records(self, rows: list[Row]) -> None:
-        """Copy the rows that are records; count the others."""
+        """Copy the rows that are records; count the others. Counted by raw parent key, decoded
+        once per parent at the end (``count``): this runs once per record of the store."""
         for key, value in rows:
-            try:
-                execution_id, path = decode_key(key)
-            except StoreError:
+            end = key.find(b"\x00")
+            if end < 0 or (len(key) - end - 1) % COMPONENT_SIZE or not self._valid_id(key[:end]):
                 self.report.bad_keys += 1
                 continue
-            where = (execution_id, path_str(path[:-1]) if path else "(execution)")
-            try:
-                record = decode_record(value)
-            except StoreError:
-                self.report.undecodable[where] += 1
+            root = end == len(key) - 1
+            group = (key if root else key[:-COMPONENT_SIZE], root)
+            sub_type = _sub_type(value)
+            if sub_type is None:
+                self.undecodable[group] += 1
                 self.lost_keys.append(key)
                 continue
-            if not path:
-                self.roots.add(execution_id)
-            elif record.sub_type in ITEM_SUB_TYPES:
-                self.maps.add(key[:-COMPONENT_SIZE])
-            self.report.saved[where] += 1
+            if root:
+                self.roots.add(key[:end].decode())
+            elif sub_type in ITEM_SUB_TYPES:
+                self.maps.add(group[0])
+            self.saved[group] += 1
             self.pending.append((key, value))
             self.pending_bytes += len(value)
         if len(self.pending) >= _WRITE_BATCH or self.pending_bytes >= _WRITE_BYTES:
             self.flush()
+
+    def _valid_id(self, raw: bytes) -> bool:
+        valid = self.ids.get(raw)
+        if valid is None:
+            try:
+                raw.decode()
+                valid = True
+            except UnicodeDecodeError:
+                valid = False
+            self.ids[raw] = valid
+        return valid
+
+    def count(self) -> None:
+        """The report's counts, per execution and operation, from the counts per raw parent key."""
+        for counts, into in ((self.saved, self.report.saved), (self.undecodable, self.report.undecodable)):
+            for (key, root), count in counts.items():
+                execution_id, path = decode_key(key)
+                into[(execution_id, "(execution)" if root else path_str(path))] += count
 
     def flush(self) -> None:
         """Write the records kept so far, in one durable transaction."""
@@ -194,6 +226,7 @@ class _Writer:
     def finish(self) -> None:
         """Reopen what lost records, and rebuild the executions' index."""
         self.flush()
+        self.count()
         suspects, executions = self._losers()
         for key in sorted(suspects):
             self._reopen(key, lambda record: (record.kind == Kind.CONTEXT and record.sub_type in BATCH_SUB_TYPES
@@ -264,6 +297,22 @@ class _Writer:
             entry = Record(record.kind, record.status, record.name, record.sub_type, None, None, meta)
             self.store.index_put(_EXECUTIONS, execution_id.encode(), encode_record(entry))
         self.report.executions = len(self.roots)
+
+
+def _sub_type(value: bytes) -> str | None:
+    """The sub-type of the record ``value`` ("" when it has none), None when it is not a record (what
+    ``decode_record`` would refuse, without building the record)."""
+    try:
+        fields = decode_raw(value)
+    except Exception:
+        return None
+    if not isinstance(fields, list):
+        return None
+    if len(fields) == 3:  # the compact form of an item's record
+        return _COMPACT_ITEMS.get(fields[0])
+    if len(fields) == 7:
+        return str(fields[3] or "")
+    return None
 
 
 def _decode(key: bytes | None) -> tuple[str, tuple[int, ...]] | None:

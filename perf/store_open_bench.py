@@ -25,13 +25,14 @@ import tempfile
 import time
 
 import lmdb
+import msgpack
 
 from durablemap._store import Store, op_key
 
 WALK = ("import lmdb, sys\nenv = lmdb.open(sys.argv[1], readonly=True, lock=False, max_dbs=8)\n"
         "db = env.open_db(b'records', create=False)\nwith env.begin(db=db) as txn:\n"
         "    print(sum(1 for _ in txn.cursor().iternext(values=False)))\n")
-VALUE = b"\x93\x01\xc0\x82\xa1i\xcd\x10\xe1\xa2sq" + b"x" * 50  # about a small item's record
+VALUE = msgpack.packb([1, None, {"i": 4321, "s": "x" * 50}])  # a small item's record (compact form)
 
 
 def make_store(path: str, records: int) -> None:
