@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -26,6 +24,8 @@ import lmdb
 import pytest
 
 from durablemap.store import StoreReader
+
+from ._damage import branch_flag, damage_a_leaf, lmdb_abort, lmdb_error, random_bytes
 
 N = 20_000
 JOB = textwrap.dedent('''
@@ -111,19 +111,10 @@ def check_salvage(script: Path, damaged: Path, new: Path, tmp_path: Path, out: s
     return lost
 
 
-def random_bytes_over_a_leaf(data: Path) -> None:
-    """A page of records in the middle of the file overwritten with random bytes (a leaf: which page
-    that is depends on how the job's commits fell; a free page would show no damage at all)."""
-    leaves = leaves_of_records(data.read_bytes())
-    page = leaves[len(leaves) // 2]
-    with open(data, "r+b") as fh:
-        fh.seek(page * 4096)
-        fh.write(random.Random(page).randbytes(4096))
-
-
 def test_a_page_of_random_bytes(tmp_path: Path, job: tuple[Path, Path]) -> None:
     script, good = job
-    damaged = damaged_copy(good, tmp_path, random_bytes_over_a_leaf)
+    damaged = damaged_copy(good, tmp_path, lambda data: None)
+    damage_a_leaf(damaged, random_bytes, lmdb_error)  # a leaf in the middle: LMDB reports an error
     before = fingerprint(damaged)
     new = tmp_path / "new"
     out = salvage(str(damaged), str(new))
@@ -136,26 +127,12 @@ def test_a_page_of_random_bytes(tmp_path: Path, job: tuple[Path, Path]) -> None:
     assert f"keys after j:1/{min(lost) - 1} and before j:1/{max(lost) + 1}" in out.stdout, (sorted(lost), out.stdout)
 
 
-def first_leaf_of_records(data: Path) -> None:
-    """Random bytes over the leaf that holds the execution's own record, the map's record and its
-    first items (and over old copies of it in free pages): reading fails before the first record, and
-    must find the rest on its own."""
-    raw, found = data.read_bytes(), 0
-    for page in range(2, len(raw) // 4096):  # the leaf in the tree, and old copies of it in free pages
-        at = page * 4096
-        if int.from_bytes(raw[at + 10:at + 12], "little") == 0x02:  # P_LEAF
-            node = at + int.from_bytes(raw[at + 16:at + 18], "little")
-            if int.from_bytes(raw[node + 6:node + 8], "little") == 2 and raw[node + 8:node + 10] == b"j\x00":
-                with open(data, "r+b") as fh:
-                    fh.seek(at)
-                    fh.write(random.Random(page).randbytes(4096))
-                found += 1
-    assert found, "no leaf page starts with the execution's record"
-
-
 def test_the_first_page_of_records(tmp_path: Path, job: tuple[Path, Path]) -> None:
     script, good = job
-    damaged = damaged_copy(good, tmp_path, first_leaf_of_records)
+    damaged = damaged_copy(good, tmp_path, lambda data: None)
+    # The leaf that holds the execution's own record, the map's record and its first items: reading
+    # fails before the first record, and must find the rest on its own.
+    damage_a_leaf(damaged, random_bytes, lambda scan: lmdb_error(scan) or lmdb_abort(scan), first=True)
     before = fingerprint(damaged)
     new = tmp_path / "new"
     out = salvage(str(damaged), str(new))
@@ -196,45 +173,10 @@ def test_a_zeroed_header_page(tmp_path: Path, job: tuple[Path, Path]) -> None:
     check_salvage(script, damaged, new, tmp_path, out, before)
 
 
-def leaves_of_records(data: bytes) -> list[int]:
-    """Leaf pages of the records' B-tree (their first key is a record key, not the execution's own:
-    not the first leaf), from a third of the file on."""
-    pages, found = len(data) // 4096, []
-    for page in range(pages // 3, pages):
-        head = data[page * 4096:page * 4096 + 32]
-        flags, lower = int.from_bytes(head[10:12], "little"), int.from_bytes(head[12:14], "little")
-        if flags == 0x02 and lower > 16:  # P_LEAF, with nodes
-            node = int.from_bytes(data[page * 4096 + 16:page * 4096 + 18], "little")  # first node's offset
-            size = int.from_bytes(data[page * 4096 + node + 6:page * 4096 + node + 8], "little")
-            if data[page * 4096 + node + 8:page * 4096 + node + 10] == b"j\x00" and size > 2:  # not the first
-                found.append(page)
-    return found
-
-
-SCAN = "import lmdb, sys\nenv = lmdb.open(sys.argv[1], readonly=True, lock=False, max_dbs=8)\n" \
-       "db = env.open_db(b'records', create=False)\nwith env.begin(db=db) as txn:\n    print(sum(1 for _ in txn.cursor()))\n"
-
-
-def mark_a_leaf_as_a_branch(store: Path) -> int:
-    """Mark a leaf page of records as a branch page, such that LMDB's cursor walking into it aborts
-    the process on its assertion ``IS_LEAF(mp)`` (checked with a plain scan); returns the page."""
-    data_path = store / "data.mdb"
-    data = data_path.read_bytes()
-    for page in leaves_of_records(data)[:5]:
-        with open(data_path, "r+b") as fh:
-            fh.seek(page * 4096 + 10)
-            fh.write((0x01).to_bytes(2, "little"))  # P_BRANCH
-        plain = subprocess.run([sys.executable, "-c", SCAN, str(store)], capture_output=True, timeout=60, check=False)
-        if plain.returncode == -signal.SIGABRT and b"Assertion" in plain.stderr:
-            return page
-        data_path.write_bytes(data)  # this one did not make LMDB abort: try the next leaf
-    raise AssertionError("no leaf page found whose damage makes LMDB abort")
-
-
 def test_a_page_that_makes_lmdb_abort(tmp_path: Path, job: tuple[Path, Path]) -> None:
     script, good = job
     damaged = damaged_copy(good, tmp_path, lambda data: None)
-    page = mark_a_leaf_as_a_branch(damaged)
+    page = damage_a_leaf(damaged, branch_flag, lmdb_abort)  # LMDB aborts a plain scan on it
     before = fingerprint(damaged)
     new = tmp_path / "new"
     out = salvage(str(damaged), str(new))

@@ -1,0 +1,81 @@
+"""Damaging a page of a real store's records, as a disk or a stray write would, for the damaged-store
+and salvage tests.
+
+Which page holds which records depends on how a job's commits fell, and a page that looks like a leaf
+of records may be a free page (an old copy, no longer in the tree), where damage changes nothing. So
+each helper damages a leaf of records, checks with a plain LMDB scan in a subprocess that LMDB now
+meets the damage the way the test needs (an LMDB error, or an abort), and else restores the file and
+tries the next leaf.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+PAGE = 4096
+P_BRANCH, P_LEAF = 0x01, 0x02
+SCAN = ("import lmdb, sys\nenv = lmdb.open(sys.argv[1], readonly=True, lock=False, max_dbs=8)\n"
+        "db = env.open_db(b'records', create=False)\nwith env.begin(db=db) as txn:\n"
+        "    print(sum(1 for _ in txn.cursor()))\n")
+
+
+def leaves_of_records(data: bytes, *, first: bool = False) -> list[int]:
+    """Pages that look like leaves of the records of execution "j", from a third of the file on: those
+    whose first key is the execution's own record (the first leaf) when ``first``, the others if not."""
+    pages, found = len(data) // PAGE, []
+    for page in range(2 if first else pages // 3, pages):
+        at = page * PAGE
+        if int.from_bytes(data[at + 10:at + 12], "little") != P_LEAF or int.from_bytes(data[at + 12:at + 14],
+                                                                                        "little") <= 16:
+            continue
+        node = at + int.from_bytes(data[at + 16:at + 18], "little")  # the first node
+        size = int.from_bytes(data[node + 6:node + 8], "little")
+        if data[node + 8:node + 10] == b"j\x00" and (size == 2) == first:
+            found.append(page)
+    return found
+
+
+def plain_scan(store: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-c", SCAN, str(store)], capture_output=True, timeout=60, check=False)
+
+
+def lmdb_error(scan: subprocess.CompletedProcess[bytes]) -> bool:
+    return scan.returncode == 1 and b"lmdb." in scan.stderr
+
+
+def lmdb_abort(scan: subprocess.CompletedProcess[bytes]) -> bool:
+    return scan.returncode == -signal.SIGABRT and b"Assertion" in scan.stderr
+
+
+def random_bytes(fh: object, page: int) -> None:
+    fh.seek(page * PAGE)  # type: ignore[attr-defined]
+    fh.write(random.Random(page).randbytes(PAGE))  # type: ignore[attr-defined]
+
+
+def branch_flag(fh: object, page: int) -> None:
+    """Mark the leaf as a branch page: LMDB's cursor walking into it trips its assertion IS_LEAF."""
+    fh.seek(page * PAGE + 10)  # type: ignore[attr-defined]
+    fh.write(P_BRANCH.to_bytes(2, "little"))  # type: ignore[attr-defined]
+
+
+def damage_a_leaf(store: Path, damage: Callable[[object, int], None],
+                  shows: Callable[[subprocess.CompletedProcess[bytes]], bool], *, first: bool = False) -> int:
+    """Damage a leaf of records of ``store`` with ``damage`` such that a plain scan ``shows`` it;
+    returns the page."""
+    data_path = store / "data.mdb"
+    data = data_path.read_bytes()
+    candidates = leaves_of_records(data, first=first)
+    if not first:
+        candidates = candidates[len(candidates) // 2:] + candidates[:len(candidates) // 2]
+    for page in candidates[:8]:
+        with open(data_path, "r+b") as fh:
+            damage(fh, page)
+        if shows(plain_scan(store)):
+            return page
+        data_path.write_bytes(data)  # a free page, or damage LMDB met otherwise: the next leaf
+    raise AssertionError(f"no leaf of records among {candidates[:8]} shows the damage as wanted")
