@@ -182,9 +182,10 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
         if record is None or record.status == Status.STARTED:  # first run, or a resume: a new segment
             put(Status.STARTED, meta={"inputs": len(inputs), "flat": flat, "timeline": timeline})
         lazy = not flat and len(inputs) >= _stored.LAZY_MIN_ITEMS  # items stay in the store
+        # Read even without the map's own record: a store salvaged after damage may have lost it but
+        # kept its items' records, which a first run has none of (the lookup then costs a seek).
         prior = _read_prior(state, path, inputs, item_serdes, names, item_sub_type,
-                            config.recompute_changed_inputs, lazy) if record else Prior(
-                                done=bytearray(len(inputs)) if lazy else None)
+                            config.recompute_changed_inputs, lazy)
         predicate = config.completion_config.should_complete
         info = MapInfo(state.execution_id, op_id, name, len(inputs), len(path))
         coordinator = Coordinator(

@@ -102,8 +102,8 @@ class SalvageReport:
             out.append(f"  LOST: {self.bad_keys:,} records whose key is not a record key (skipped)")
         out += [f"  LOST: the store has no {name} database" for name in self.read.missing]
         out += [f"  reopened {op} (it lost records): the next run resumes it" for op in self.reopened]
-        out += [f"  LOST: the record of map {op} (its items' records were saved, but a run resumes a map from "
-                "its own record: the next run runs all its items again)" for op in self.orphaned]
+        out += [f"  LOST: the record of map {op} (its items' records were saved: the next run records it "
+                "again and runs only the items that lost theirs)" for op in self.orphaned]
         if self.read.crashes:
             out.append(f"  the reading process died {len(self.read.crashes)} time(s) on damaged pages "
                        f"(restarted each time); first: {self.read.crashes[0]}")
