@@ -159,7 +159,7 @@ def test_a_store_cut_short(tmp_path: Path, job: tuple[Path, Path]) -> None:
     assert any("bytes cut off" in repair for repair in report["repairs"]), report
     assert report["lost_ranges"], report
     assert not [name for name in os.listdir(new) if name.startswith(".salvage")], "the repaired copy was left"
-    check_salvage(script, damaged, new, tmp_path, out, before, map_record_lost="j:1" in report["orphaned_maps"])
+    check_salvage(script, damaged, new, tmp_path, out, before)
 
 
 def test_a_zeroed_header_page(tmp_path: Path, job: tuple[Path, Path]) -> None:
