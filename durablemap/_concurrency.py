@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["DEFAULT_CONCURRENCY", "ConcurrencyPlan", "Throttle"]
+__all__ = ["DEFAULT_CONCURRENCY", "FLOW", "ConcurrencyPlan", "Throttle"]
 
 #: Items of a map running at once, across its workers, when neither ``max_concurrency`` nor the
 #: run's ``concurrency`` says: enough to overlap the waits of typical I/O (HTTP calls, database
 #: writes) without opening hundreds of connections to one service by surprise.
 DEFAULT_CONCURRENCY = 256
+#: A flowing chunk (see ``ConcurrencyPlan.flows``) holds up to this many rounds of its places.
+FLOW = 64
 
 
 class Throttle:
@@ -123,13 +125,26 @@ class ConcurrencyPlan:
         room an item frees is taken at once, as on the SDK's threads, queued behind a chunk."""
         return default if self.waiting is False else self.workers + early
 
-    def next_chunk(self, timed_size: int, remaining: int, room: int, chunks: int) -> tuple[int, int]:
+    def flows(self, bulk: bool) -> bool:
+        """Whether chunks hold more items than they may run at once (up to ``FLOW`` rounds of
+        their places): the items proved to wait (a chunk ran several at once), and only "all done"
+        ends the map (``bulk``: an item queued in a chunk is never taken for one started). The
+        worker starts the next item in the place of one whose record is committed, with no round
+        trip to the coordinator between rounds, and hands back what it did not start after
+        ``_inflight.FLOW_SECONDS``. The room left is then counted in places, not items."""
+        return bulk and self.waiting is True
+
+    def next_chunk(self, timed_size: int, remaining: int, room: int, chunks: int,
+                   flow: bool = False, flowing: int = 0) -> tuple[int, int]:
         """The next chunk's size and how many of its items may run at once: ``timed_size`` is what
         ``ChunkSizer`` gives, ``remaining`` the items neither done nor in flight, ``room`` how
-        many more may be in flight, ``chunks`` how many chunks are in flight. While items wait,
-        the room is shared among the workers without a chunk."""
+        many more may be in flight (with ``flow``: run), ``chunks`` how many chunks are in flight,
+        ``flowing`` how many of them flow. While items wait, the room is shared among the workers
+        without a chunk; a flowing chunk holds its worker's part of the items left, shared among
+        the workers whose chunk does not hold its own part yet."""
         if self.waiting is False:
             return max(1, min(timed_size, room)), 1
-        share = -(-min(room, remaining) // max(1, self.workers - chunks))
-        size = max(1, share)
-        return size, size
+        share = max(1, -(-min(room, remaining) // max(1, self.workers - chunks)))
+        if flow and share > 1:  # (one place: items one after another, which a chunk sized by time does)
+            return max(share, min(share * FLOW, -(-remaining // max(1, self.workers - flowing)))), share
+        return share, share

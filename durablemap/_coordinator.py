@@ -88,9 +88,14 @@ class Coordinator:
         self.plan = ConcurrencyPlan(executor.workers, max_concurrency, state.settings.concurrency, threads)
         # The testing runner's virtual clock on workers with slots: a chunk's items all start at once
         # (threads allowing), and the clock moves only when every item in flight waits (_timeskip).
-        slots = getattr(executor, "slots", None)
+        slots = self.slots = getattr(executor, "slots", None)
+        # Chunks may flow (hold more items than they run at once, see ConcurrencyPlan.flows) where
+        # each item is recorded as it finishes and only "all done" ends the map.
+        self.flowable = (self.board.bulk and spec.commit_in_worker and not spec.virtual_time
+                         and not (memory is not None and memory.budget))
         self.timeskip = TimeSkip(slots, spec.token, executor.workers) if spec.virtual_time and slots else None
         self.futures: dict[Future[ChunkResult], Sequence[int]] = {}
+        self.places: dict[Future[ChunkResult], int] = {}  # how many of a chunk's items may run at once
         self.requeued: list[int] = []
         self.max_chunks = executor.chunks_in_flight()
         self.solo: Future[ChunkResult] | None = None  # a suspect running alone (see _faults)
@@ -156,7 +161,8 @@ class Coordinator:
         board, plan = self.board, self.plan
         while board.reason is None and self.solo is None:
             chunks = min(plan.chunks_limit(self.max_chunks, self.early.enabled), self.max_chunks)
-            room = plan.in_flight_limit(board.n) - board.in_flight
+            flow = plan.flows(self.flowable)
+            room = plan.in_flight_limit(board.n) - (self._running_places() if flow else board.in_flight)
             if self.held and len(self.futures) < chunks:
                 held = len(self.held)  # items started already (see _hold): they go first
                 size, threads = plan.next_chunk(self.sizer.size(held), held, held, len(self.futures))
@@ -169,7 +175,7 @@ class Coordinator:
                         self._hold()
                     return
                 size, threads = plan.next_chunk(self.sizer.size(board.remaining()), board.remaining(), room,
-                                                len(self.futures))
+                                                len(self.futures), flow, self._flowing() if flow else 0)
                 if self.memory is not None and not (size := self.memory.admit(
                         size, len(self.futures), board.succeeded + board.failed > self.done_at_start)):
                     return  # over the memory budget: wait for items in flight to finish
@@ -190,10 +196,22 @@ class Coordinator:
                 self._broken(exc)
                 continue
             self.futures[future] = indexes
+            self.places[future] = 1 if solo else min(threads, len(indexes))
             if solo:
                 self.solo = future
             else:
                 self.early.track(future, threads)
+
+    def _running_places(self) -> int:
+        """How many items the chunks in flight may run at once (a flowing chunk queues the rest)."""
+        if len(self.places) > 2 * len(self.futures) + 8:
+            self.places = {future: n for future, n in self.places.items() if future in self.futures}
+        return sum(self.places.get(future, len(indexes)) for future, indexes in self.futures.items())
+
+    def _flowing(self) -> int:
+        """How many chunks in flight hold more items than they run at once."""
+        places = self.places
+        return sum(1 for future, indexes in self.futures.items() if places.get(future, len(indexes)) < len(indexes))
 
     def _hold(self) -> None:
         """Start new items in the room the map has now, before any chunk can take them to a worker
@@ -346,6 +364,8 @@ class Coordinator:
         self.stopping = True
         self.board.unstart(self.held)  # started, never sent to a worker
         self.held.clear()
+        if self.slots is not None:
+            self.slots.hold(self.spec.token)  # a flowing chunk starts no more of its items
         for future in list(self.futures):
             if future.cancel():
                 self.board.unstart(self.futures.pop(future))

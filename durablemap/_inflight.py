@@ -23,7 +23,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from durablemap._concurrency import Throttle
@@ -44,6 +44,10 @@ _MAX_THREADS = 1024  # threads of one worker's item pool (created on demand, reu
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 HAND_BACK_SECONDS = 0.2
+#: A flowing chunk (more items than places) hands back those it did not start after this long: the
+#: coordinator then shares them out again (a worker that finished its part takes some), at one round
+#: trip every few seconds.
+FLOW_SECONDS = 5.0
 _MEASURED_QUEUES = 4  # while at most this many run at once, their threads' run-queue delay is read
 _learned: dict[int, int] = {}  # map token -> how many ran at once at the end of its last chunk here
 # The row's thread of an item on the event loop (one thread runs them all: a fatal signal there names
@@ -80,6 +84,12 @@ class Flight:
         self.t0, self.clock0 = time.time(), time.monotonic()
         self.committed_at = self.clock0
         self.urgent = False  # an outcome that may complete the map waits in the batch (MapSpec.urgent)
+        # More items than places (ConcurrencyPlan.flows): a place is free again once its item's
+        # record is committed, so that max_concurrency bounds the items started and not recorded.
+        self.flowing = len(indexes) > limit and spec.commit_in_worker
+        self.writing = 0  # items taken for a commit not written yet
+        self.held, self.hold_checked = False, self.clock0
+        self.last_start = self.clock0  # when the last item started
         result.indexes = []
         if slot is not None:
             slot.begin_many(spec.token)
@@ -89,6 +99,8 @@ class Flight:
         the items proved CPU-bound: see ``handing_back``)."""
         if not self.pending or self.fatal is not None or running >= self.throttle.allowed:
             return None
+        if self.flowing and running + len(self.batch) + self.writing >= self.throttle.limit:
+            return None
         if self.handing_back():
             return None
         return self.pending.popleft()
@@ -97,9 +109,20 @@ class Flight:
         """Whether the chunk's items not started yet go back to the coordinator, after
         ``HAND_BACK_SECONDS``: when they ran one at a time (CPU-bound items: the coordinator sizes
         chunks by time from there), or when items are recorded only with their chunk (Dask: what
-        finished is recorded once the chunk is back)."""
-        return (bool(self.result.values) and (self.throttle.peak == 1 or not self.spec.commit_in_worker)
-                and time.monotonic() - self.clock0 > HAND_BACK_SECONDS)
+        finished is recorded once the chunk is back); a flowing chunk after ``FLOW_SECONDS`` unless
+        one round is left, and at once when the coordinator holds the map (an interrupt:
+        ``Slots.hold``, looked up every ``Throttle.INTERVAL``)."""
+        now = time.monotonic()
+        if self.flowing and self.slot is not None and now - self.hold_checked >= Throttle.INTERVAL:
+            self.hold_checked = now
+            self.held = self.slot.held(self.spec.token)
+        if self.held:
+            return True
+        if not self.result.values:
+            return False
+        if self.throttle.peak == 1 or not self.spec.commit_in_worker:
+            return now - self.clock0 > HAND_BACK_SECONDS
+        return self.flowing and now - self.clock0 > FLOW_SECONDS and len(self.pending) > self.throttle.allowed
 
     def inline(self) -> bool:
         """Whether the next item may run in the chunk's own thread: one at a time, the last one
@@ -119,6 +142,7 @@ class Flight:
             self.rows[index] = self.slot.take_row(index, thread)
         else:
             self.rows[index] = (-1, time.monotonic())
+        self.last_start = self.rows[index][1]
         context = contextvars.copy_context()
         context.run(_enter_item, self.spec, index)
         return context
@@ -186,7 +210,10 @@ class Flight:
         under the testing runner's virtual clock, whose items all run at once (see _timeskip)."""
         now = time.monotonic()
         if self.throttle.due(now) and not self.spec.virtual_time:
-            lasting = sum(1 for _, start in self.rows.values() if now - start >= Throttle.INTERVAL) if running else 0
+            if not running or now - self.last_start >= Throttle.INTERVAL:
+                lasting = running  # (none started within the interval: no need to look at each)
+            else:
+                lasting = sum(1 for _, start in self.rows.values() if now - start >= Throttle.INTERVAL)
             queued = self._queued() if self.throttle.allowed <= _MEASURED_QUEUES else 0.0
             if queued is not None:
                 self.throttle.sample(now, time.process_time(), lasting, queued)
@@ -217,7 +244,8 @@ class Flight:
         ones run one after another, share a commit), or an outcome that may complete the map waits
         (the coordinator must count it before later ones, as the SDK's threads would)."""
         return (bool(self.batch) and self.more(running)
-                and (self.urgent or time.monotonic() - self.committed_at >= Throttle.INTERVAL))
+                and (self.urgent or self.flowing
+                     or time.monotonic() - self.committed_at >= Throttle.INTERVAL))
 
     def commit(self) -> None:
         """Record the items finished since the last commit, in one durable transaction."""
@@ -230,6 +258,7 @@ class Flight:
         self.committed_at = time.monotonic()
         self.urgent = False
         batch, self.batch = self.batch, []
+        self.writing = len(batch)  # until ``write`` is done (on the event loop's commit thread)
         if batch:
             indexes = [index for index, _ in batch]
             timed = [self.timing.pop(index) for index in indexes]
@@ -244,6 +273,7 @@ class Flight:
         if batch:
             self.spec.state.store().put_columns(item_keys(self.spec.key_prefix, [i for i, _ in batch]),
                                                 [r for _, r in batch])
+        self.writing = 0
 
     def close(self) -> dict[str, Any] | None:
         """The chunk is done: its timings stamped on its last record, everything committed, the slot
@@ -275,6 +305,14 @@ def run_threads(flight: Flight, call: Callable[[int], Outcome], owner: object | 
     thread's log records to its chunk (see _logs)."""
     pool = _threads()
     running: dict[Future[Outcome], int] = {}
+    # Finished items arrive here (a done callback each), so that a wake-up costs nothing per item
+    # still running: waiting on all of them at each wake-up would, with hundreds in flight.
+    finished: deque[Future[Outcome]] = deque()
+    ready = threading.Event()
+
+    def on_done(future: Future[Outcome]) -> None:
+        finished.append(future)
+        ready.set()
 
     def item(index: int, row: int) -> Outcome:
         flight.threads[index] = thread = threading.get_ident()
@@ -300,15 +338,20 @@ def run_threads(flight: Flight, call: Callable[[int], Outcome], owner: object | 
                 continue
             while (index := flight.admit(len(running))) is not None:
                 context = flight.started(index, _NO_THREAD)
-                running[pool.submit(context.run, item, index, flight.rows[index][0])] = index
+                future = pool.submit(context.run, item, index, flight.rows[index][0])
+                running[future] = index
+                future.add_done_callback(on_done)
             if not running and not flight.more(0):
                 break
             if running:
-                done, _ = wait(running, timeout=Throttle.INTERVAL, return_when=FIRST_COMPLETED)
-                for future in done:
-                    index = running.pop(future)
-                    error = future.exception()
-                    flight.finished(index, error if error is not None else future.result())
+                if not finished:
+                    ready.wait(Throttle.INTERVAL)
+                ready.clear()
+                while finished:
+                    future = finished.popleft()
+                    if (index := running.pop(future, -1)) >= 0:  # (not an item timed out meanwhile)
+                        error = future.exception()
+                        flight.finished(index, error if error is not None else future.result())
             _time_out_threads(flight, running)
             if flight.commit_due(len(running)):
                 flight.commit()
@@ -358,18 +401,34 @@ async def _tasks(flight: Flight, call: Callable[[int], Coroutine[Any, Any, Outco
     loop = asyncio.get_running_loop()
     running: dict[asyncio.Task[Outcome], int] = {}
     commits: Future[None] | None = None
+    finished: deque[asyncio.Task[Outcome]] = deque()  # as in run_threads: no wait on every task
+    ready = asyncio.Event()
+
+    def on_done(task: asyncio.Task[Outcome]) -> None:
+        finished.append(task)
+        ready.set()
     try:
         while True:
             while (index := flight.admit(len(running))) is not None:
                 context = flight.started(index, _NO_THREAD)
-                running[loop.create_task(call(index), context=context)] = index
-            if not running:
+                task = loop.create_task(call(index), context=context)
+                running[task] = index
+                task.add_done_callback(on_done)
+            if not running and not flight.more(0):
                 break
-            done, _ = await asyncio.wait(running, timeout=Throttle.INTERVAL, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                index = running.pop(task)
-                error = task.exception() if not task.cancelled() else asyncio.CancelledError()
-                flight.finished(index, error if error is not None else task.result())
+            if running:
+                if not finished:
+                    timer = loop.call_later(Throttle.INTERVAL, ready.set)
+                    await ready.wait()
+                    timer.cancel()
+                ready.clear()
+                while finished:
+                    task = finished.popleft()
+                    if (index := running.pop(task, -1)) >= 0:  # (not an item timed out meanwhile)
+                        error = task.exception() if not task.cancelled() else asyncio.CancelledError()
+                        flight.finished(index, error if error is not None else task.result())
+            elif commits is not None and not commits.done():
+                await asyncio.wrap_future(commits)  # a flowing chunk's places are free once written
             _time_out_tasks(flight, running)
             if flight.commit_due(len(running)) and (commits is None or commits.done()):
                 if commits is not None:

@@ -49,6 +49,7 @@ class _Capture:
         self.execution_id = execution_id
         self.path = path
         self.state = state
+        self.open = True  # until its chunk is over (see ``capture``)
 
     def keep(self, record: logging.LogRecord) -> None:
         index = self.state.item_index
@@ -110,6 +111,7 @@ def capture(execution_id: str, path: tuple[int, ...], state: Any,
         with _lock:
             # This chunk's thread, and any item thread it adopted that outlived it (an item past
             # its timeout on Dask runs on): their records are no longer this chunk's.
+            kept.open = False
             for ident in [i for i, c in _active.items() if c is kept]:
                 del _active[ident]
             if not _active:
@@ -130,7 +132,7 @@ def adopt(owner: object | None) -> Iterator[None]:
         return
     thread = threading.get_ident()
     with _lock:
-        routed = any(c is owner for c in _active.values())  # else its chunk is over: log as usual
+        routed = owner.open  # else its chunk is over: log as usual
         if routed:
             _active[thread] = owner
     if not routed:

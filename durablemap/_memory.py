@@ -55,6 +55,7 @@ _HARD_FACTOR = 1.5  # a worker this many times over its soft limit is killed mid
 _INTERVAL = 0.1  # seconds between the monitor's samples while it enforces a limit
 _REPORT_INTERVAL = 0.5  # ... and while it only reports
 _FRESH = 0.01  # a sample younger than this is fresh enough for a dispatch decision
+_SHARED_READ_SECONDS = 0.005  # items run side by side that end this close share a peak reading
 _STALL_SECONDS = 5.0  # over budget with nothing in flight this long: the map fails
 MEASURE_SECONDS = 0.001  # items shorter than this are not measured
 _CHECK_SECONDS = 0.05  # the worker compares its RSS with the soft limit at least this often
@@ -298,6 +299,7 @@ class ItemMemory:
         self.base = self.rss()
         self._checked = time.monotonic()
         self.recycling = False
+        self._shared_peak, self._shared_at = 0, 0.0  # the last peak read for items run side by side
         self._reset()
 
     def rss(self) -> int:
@@ -339,9 +341,14 @@ class ItemMemory:
         return meta
 
     def _note_shared(self, meta: dict[str, Any] | None, limit: int | None) -> dict[str, Any] | None:
-        """``note`` for an item that ran beside others: the worker's peak so far in this chunk."""
+        """``note`` for an item that ran beside others: the worker's peak so far in this chunk,
+        read at most every ``_SHARED_READ_SECONDS`` (items ending together share a reading)."""
         meta = dict(meta) if meta else {}
-        meta["peak_rss"] = self._hwm() if self._clear is not None else self.rss()
+        now = time.monotonic()
+        if now - self._shared_at >= _SHARED_READ_SECONDS:
+            self._shared_peak = self._hwm() if self._clear is not None else self.rss()
+            self._shared_at = now
+        meta["peak_rss"] = self._shared_peak
         if limit:
             self._check(self.rss(), limit)
         return meta
@@ -350,6 +357,7 @@ class ItemMemory:
         """The items that ran several at once are done: measure from here on, item by item."""
         self._reset()
         self.base = self.rss()
+        self._shared_at = 0.0  # the next chunk's items read their own peak
 
     def _check(self, rss: int, limit: int) -> None:
         if rss > limit and not self.recycling:

@@ -95,6 +95,10 @@ class SlotWriter:
             self._seconds[2] = now
         return now
 
+    def held(self, token: int) -> bool:
+        """Whether the coordinator asked that no more items of map ``token`` start (``Slots.hold``)."""
+        return os.path.exists(_hold_path(os.path.dirname(self.path), token))
+
     def current(self) -> tuple[int, int]:
         """The map token and the item this worker runs (index -1: none, or several at once)."""
         words = self._words
@@ -170,6 +174,12 @@ class Slots:
     def __init__(self, directory: str) -> None:
         self.directory = directory
 
+    def hold(self, token: int) -> None:
+        """Ask the workers to start no more items of map ``token`` (an interrupt): a chunk holding
+        more items than it runs at once hands back those it has not started (see ``_inflight``)."""
+        with contextlib.suppress(OSError):
+            open(_hold_path(self.directory, token), "wb").close()
+
     def read_all(self, rows: bool = False) -> list[SlotState]:
         """Every worker slot in the directory, dead workers' included: one state per worker, or
         with ``rows``, one per item in flight of a worker running several at once."""
@@ -230,6 +240,10 @@ class Slots:
     def live_pids(self) -> list[int]:
         """The pids of live workers."""
         return [s.pid for s in self.read_all() if _alive(s.pid)]
+
+
+def _hold_path(directory: str, token: int) -> str:
+    return os.path.join(directory, f"hold-{token}")
 
 
 def _rows_of(header: SlotState, data: bytes, culprit: int) -> list[SlotState]:

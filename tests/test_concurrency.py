@@ -272,3 +272,33 @@ def test_a_chunk_that_could_not_run_two_at_once_says_nothing_about_the_items() -
     plan.measured(items=2, elapsed=0.3, cpu=0.001, peak=2)
     assert plan.waiting is True
 
+
+def test_chunks_of_waiting_items_hold_more_items_than_run_at_once_when_only_all_done_ends_the_map() -> None:
+    from durablemap._concurrency import FLOW, ConcurrencyPlan
+    plan = ConcurrencyPlan(workers=2, max_concurrency=200, bound=None)
+    assert not plan.flows(bulk=True)  # the first chunks, one per worker, find out whether items wait
+    plan.measured(items=100, elapsed=0.12, cpu=0.01, peak=100)
+    assert plan.flows(bulk=True) and not plan.flows(bulk=False)  # a criterion counts items in flight
+    # Each chunk holds its worker's part of the items left, and runs as many at once as its places.
+    assert plan.next_chunk(timed_size=1, remaining=2000, room=200, chunks=0, flow=True) == (1000, 100)
+    assert plan.next_chunk(timed_size=1, remaining=1000, room=100, chunks=1, flow=True) == (500, 100)
+    assert plan.next_chunk(timed_size=1, remaining=10**6, room=200, chunks=0, flow=True) == (100 * FLOW, 100)
+    assert plan.next_chunk(timed_size=1, remaining=30, room=200, chunks=0, flow=True) == (15, 15)
+    assert plan.next_chunk(timed_size=1, remaining=30, room=1, chunks=1, flow=True) == (1, 1)  # no queue
+    cpu = ConcurrencyPlan(workers=2, max_concurrency=200, bound=None)
+    cpu.measured(items=100, elapsed=0.5, cpu=0.49, peak=1)  # proved CPU-bound: chunks sized by time
+    assert not cpu.flows(bulk=True)
+
+
+@durable_execution
+def flowing(event: dict[str, Any], context: DurableContext) -> BatchResult[int]:
+    return context.map([event["counter"]] * event["n"], sleeping, config=MapConfig(max_concurrency=event["mc"]))
+
+
+def test_a_flowing_map_keeps_max_concurrency_in_flight_and_never_more(tmp_path: Path) -> None:
+    # 240 items, 8 at a time on 2 workers: chunks hold many rounds; the barrier lets a wave go only
+    # when 8 items are inside, so the map finishes only if each freed place is refilled.
+    counter = _counter(tmp_path, 8, 240)
+    result = flowing.run({"counter": counter, "n": 240, "mc": 8}, store=tmp_path / "s", workers=2, progress=False)
+    assert result.get_results() == [2 * i for i in range(240)]
+    assert _peak(counter) == 8

@@ -19,6 +19,7 @@ from ._kill_helpers import assert_no_survivors, kill_group, log_lines, start, wa
 JOB = textwrap.dedent('''
     import sys, time
     from durablemap import durable_execution
+    from durablemap.config import MapConfig
 
     LOG = sys.argv[1]
 
@@ -30,7 +31,9 @@ JOB = textwrap.dedent('''
 
     @durable_execution
     def handler(event, context):
-        result = context.map(list(range(300)), work, name="squares")
+        # One item per worker at a time: with more in flight, a worker's chunk may hold every item
+        # left, which the workers finish in the 0.5 s they take to notice their coordinator died.
+        result = context.map(list(range(300)), work, name="squares", config=MapConfig(max_concurrency=2))
         return result.get_results()
 
     if __name__ == "__main__":
