@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import queue
 import sys
 import threading
 import time
@@ -24,7 +25,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from durablemap._concurrency import Throttle
 from durablemap._errors import ErrorObject, ExecutionError, InvocationError, ItemTimeoutError, error_type_name
@@ -41,7 +42,6 @@ Outcome = tuple[Any, bytes, dict[str, Any] | None]
 #: The top-level item the calling thread or task runs (os._exit names it in the slot).
 CURRENT_ITEM: contextvars.ContextVar[int] = contextvars.ContextVar("durablemap_current_item", default=-1)
 _MAX_THREADS = 1024  # threads of one worker's item pool (created on demand, reused)
-_pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 HAND_BACK_SECONDS = 0.2
 #: A flowing chunk (more items than places) hands back those it did not start after this long: the
@@ -55,12 +55,51 @@ _learned: dict[int, int] = {}  # map token -> how many ran at once at the end of
 _NO_THREAD = -1
 
 
-def _threads() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(_MAX_THREADS, thread_name_prefix="durablemap-item")
-        return _pool
+class _Job:
+    """One item handed to an item thread: what to call, and what came of it."""
+
+    __slots__ = ("args", "done", "error", "fn", "result")
+
+    def __init__(self, fn: Callable[..., Outcome], args: tuple[Any, ...], done: Callable[[_Job], None]) -> None:
+        self.fn, self.args, self.done = fn, args, done
+        self.result: Outcome | None = None
+        self.error: BaseException | None = None
+
+
+class _ItemThreads:
+    """The worker's item threads, created on demand up to ``_MAX_THREADS`` and reused. Lighter than
+    a ThreadPoolExecutor, whose futures take several locks per item: with a hundred items ending
+    together, those hand-offs, serialized by the GIL, delayed the next round by milliseconds."""
+
+    def __init__(self, limit: int) -> None:
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = self._count = 0
+        self._limit = limit
+
+    def submit(self, job: _Job) -> None:
+        """Run ``job`` on a free thread (a new one if none is, below the limit; else the next free)."""
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            elif self._count < self._limit:
+                self._count += 1
+                threading.Thread(target=self._serve, name=f"durablemap-item_{self._count}", daemon=True).start()
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job.result = job.fn(*job.args)
+            except BaseException as exc:  # the item's own errors are outcomes; this ends the execution
+                job.error = exc
+            job.done(job)
+            with self._lock:
+                self._idle += 1
+
+
+_item_threads = _ItemThreads(_MAX_THREADS)
 
 
 class Flight:
@@ -303,15 +342,14 @@ def run_threads(flight: Flight, call: Callable[[int], Outcome], owner: object | 
                 adopt: Callable[[object | None], Any]) -> dict[str, Any] | None:
     """Run the flight's items on the worker's item threads; ``adopt(owner)`` routes an item
     thread's log records to its chunk (see _logs)."""
-    pool = _threads()
-    running: dict[Future[Outcome], int] = {}
+    running: dict[_Job, int] = {}
     # Finished items arrive here (a done callback each), so that a wake-up costs nothing per item
     # still running: waiting on all of them at each wake-up would, with hundreds in flight.
-    finished: deque[Future[Outcome]] = deque()
+    finished: deque[_Job] = deque()
     ready = threading.Event()
 
-    def on_done(future: Future[Outcome]) -> None:
-        finished.append(future)
+    def on_done(job: _Job) -> None:
+        finished.append(job)
         ready.set()
 
     def item(index: int, row: int) -> Outcome:
@@ -338,9 +376,9 @@ def run_threads(flight: Flight, call: Callable[[int], Outcome], owner: object | 
                 continue
             while (index := flight.admit(len(running))) is not None:
                 context = flight.started(index, _NO_THREAD)
-                future = pool.submit(context.run, item, index, flight.rows[index][0])
-                running[future] = index
-                future.add_done_callback(on_done)
+                job = _Job(context.run, (item, index, flight.rows[index][0]), on_done)
+                running[job] = index
+                _item_threads.submit(job)
             if not running and not flight.more(0):
                 break
             if running:
@@ -348,10 +386,9 @@ def run_threads(flight: Flight, call: Callable[[int], Outcome], owner: object | 
                     ready.wait(Throttle.INTERVAL)
                 ready.clear()
                 while finished:
-                    future = finished.popleft()
-                    if (index := running.pop(future, -1)) >= 0:  # (not an item timed out meanwhile)
-                        error = future.exception()
-                        flight.finished(index, error if error is not None else future.result())
+                    job = finished.popleft()
+                    if (index := running.pop(job, -1)) >= 0:  # (not an item timed out meanwhile)
+                        flight.finished(index, job.error if job.error is not None else cast("Outcome", job.result))
             _time_out_threads(flight, running)
             if flight.commit_due(len(running)):
                 flight.commit()
@@ -361,14 +398,14 @@ def run_threads(flight: Flight, call: Callable[[int], Outcome], owner: object | 
     return fatal
 
 
-def _time_out_threads(flight: Flight, running: dict[Future[Outcome], int]) -> None:
+def _time_out_threads(flight: Flight, running: dict[_Job, int]) -> None:
     overdue = flight.overdue(time.monotonic())
     if not overdue:
         return
     frames = sys._current_frames()
-    for future, index in list(running.items()):
+    for job, index in list(running.items()):
         if index in overdue:
-            del running[future]
+            del running[job]
             frame = frames.get(flight.threads.get(index, -1))
             flight.timed_out(index, "".join(traceback.format_stack(frame)) if frame is not None else "")
 
