@@ -24,6 +24,17 @@ SCAN = ("import lmdb, sys\nenv = lmdb.open(sys.argv[1], readonly=True, lock=Fals
         "    print(sum(1 for _ in txn.cursor()))\n")
 
 
+def finished_job(root: Path, job: str, items: int) -> tuple[Path, Path]:
+    """The script ``job`` (it takes a store's path) written under ``root``, and the store of its run to
+    the end (it prints RESULT and the number of items)."""
+    script = root / "job.py"
+    script.write_text(job)
+    store = root / "good"
+    out = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, timeout=300, check=False)
+    assert out.returncode == 0 and f"RESULT {items}".encode() in out.stdout, out.stderr.decode()
+    return script, store
+
+
 def leaves_of_records(data: bytes, *, first: bool = False) -> list[int]:
     """Pages that look like leaves of the records of execution "j", from a third of the file on: those
     whose first key is the execution's own record (the first leaf) when ``first``, the others if not."""

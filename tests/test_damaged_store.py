@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ._damage import damage_a_leaf, lmdb_error, random_bytes
+from ._damage import damage_a_leaf, finished_job, lmdb_error, random_bytes
 
 JOB = textwrap.dedent('''
     import sys
@@ -41,13 +41,7 @@ COMMANDS = [["ls"], ["show", "j"], ["failures", "j"], ["export", "j", "--map", "
 @pytest.fixture(scope="module")
 def good_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A finished 20,000-item job's store (about 2 MB, 494 pages) and the job's script."""
-    root = tmp_path_factory.mktemp("damage")
-    script = root / "job.py"
-    script.write_text(JOB)
-    store = root / "good"
-    out = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, timeout=300, check=False)
-    assert out.returncode == 0 and b"RESULT 20000" in out.stdout, out.stderr.decode()
-    return script, store
+    return finished_job(tmp_path_factory.mktemp("damage"), JOB, 20000)
 
 
 def damaged_copy(good: Path, tmp_path: Path, damage: Callable[[Path], None]) -> Path:

@@ -25,7 +25,7 @@ import pytest
 
 from durablemap.store import StoreReader
 
-from ._damage import branch_flag, damage_a_leaf, lmdb_abort, lmdb_error, random_bytes
+from ._damage import branch_flag, damage_a_leaf, finished_job, lmdb_abort, lmdb_error, random_bytes
 
 N = 20_000
 JOB = textwrap.dedent('''
@@ -53,13 +53,7 @@ JOB = textwrap.dedent('''
 @pytest.fixture(scope="module")
 def job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The job's script, and the store of its finished run (20,000 items: about 500 pages)."""
-    root = tmp_path_factory.mktemp("salvage")
-    script = root / "job.py"
-    script.write_text(JOB)
-    store = root / "good"
-    out = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, timeout=300, check=False)
-    assert out.returncode == 0 and f"RESULT {N}".encode() in out.stdout, out.stderr.decode()
-    return script, store
+    return finished_job(tmp_path_factory.mktemp("salvage"), JOB, N)
 
 
 def damaged_copy(good: Path, tmp_path: Path, damage: Callable[[Path], None]) -> Path:
