@@ -199,8 +199,8 @@ class Coordinator:
             self.places[future] = 1 if solo else min(threads, len(indexes))
             if solo:
                 self.solo = future
-            else:
-                self.early.track(future, threads)
+            else:  # (under the virtual clock a one-item chunk too: its outcome is counted before time moves)
+                self.early.track(future, 2 if self.timeskip is not None else threads)
 
     def _running_places(self) -> int:
         """How many items the chunks in flight may run at once (a flowing chunk queues the rest)."""
@@ -339,14 +339,13 @@ class Coordinator:
         if self.memory is not None and self.observers:
             self.memory.report(now, self.observers, self.info)
         self.lost.watch_timeouts(now)
-        if self.timeskip is not None:
-            self.timeskip.look(now, self.board.running(),
-                               bool(self.committer.in_flight), self.lost.recorded)
         for item in self.early.look(now, self.futures, self.board.running_among, self.lost.recorded):
             self._finish([item])  # one by one: the slot each frees is taken at once, as on the SDK's threads
             if self.board.reason is not None:
-                break
+                return
             self._dispatch()
+        if self.timeskip is not None:  # after counting what was recorded: the clock moves last
+            self.timeskip.look(now, self.board.running(), bool(self.committer.in_flight), self.lost.recorded)
 
     # -- stopping ---------------------------------------------------------------------------
     def _abandon(self) -> None:

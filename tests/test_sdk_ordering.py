@@ -92,7 +92,9 @@ def test_every_freed_place_is_taken_before_the_sixth_success_completes_the_map()
         statuses = _statuses(_run(six_of_ten))
         assert sorted(statuses) == list(range(10))
         succeeded = [i for i, status in statuses.items() if status == BatchItemStatus.SUCCEEDED]
-        assert set(range(6)) <= set(succeeded) <= {*range(6), 9}
+        # Items 5 and 9 succeed at once, in either order: the sixth success is one of them (or both
+        # are counted, as the SDK's example allows); 6-8 are waiting out their retry delays.
+        assert set(range(5)) <= set(succeeded) <= {*range(6), 9} and 6 <= len(succeeded) <= 7
         assert all(statuses[i] == "STARTED" for i in range(10) if i not in succeeded)
 
 
