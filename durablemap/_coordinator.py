@@ -84,6 +84,7 @@ class Coordinator:
         self.faults = FaultLedger(max_crashes, dict(prior.crashes))
         self.sizer = ChunkSizer(executor.workers, executor.chunk_seconds)
         # With memory limits, items run one at a time per worker: their growth is measured item by item.
+        budget = memory is not None and bool(memory.budget)
         threads = executor.threads and not (memory is not None and (memory.budget or memory.worker_limit))
         self.plan = ConcurrencyPlan(executor.workers, max_concurrency, state.settings.concurrency, threads)
         # The testing runner's virtual clock on workers with slots: a chunk's items all start at once
@@ -91,8 +92,7 @@ class Coordinator:
         slots = self.slots = getattr(executor, "slots", None)
         # Chunks may flow (hold more items than they run at once, see ConcurrencyPlan.flows) where
         # each item is recorded as it finishes and only "all done" ends the map.
-        self.flowable = (self.board.bulk and spec.commit_in_worker and not spec.virtual_time
-                         and not (memory is not None and memory.budget))
+        self.flowable = self.board.bulk and spec.commit_in_worker and not spec.virtual_time and not budget
         self.timeskip = TimeSkip(slots, spec.token, executor.workers) if spec.virtual_time and slots else None
         self.futures: dict[Future[ChunkResult], Sequence[int]] = {}
         self.places: dict[Future[ChunkResult], int] = {}  # how many of a chunk's items may run at once
@@ -103,7 +103,7 @@ class Coordinator:
         # A map with a completion criterion and max_concurrency: the place each counted item frees is
         # taken at once, as the SDK's threads do, even when no chunk can go to a worker yet (see _hold).
         self.held: list[int] = []
-        if not self.board.bulk and max_concurrency is not None and not (memory is not None and memory.budget):
+        if not self.board.bulk and max_concurrency is not None and not budget:
             self.board.counted = self._hold
         self.stopping = False  # interrupted: no new work, and lost workers are not counted as crashes
         self.store, prefix = state.store(), op_key(state.execution_id, spec.path)

@@ -36,7 +36,7 @@ from durablemap._store import path_str
 from durablemap._timings import concurrent_chunk_meta, stamp_chunk
 from durablemap.executors._base import ChunkResult, MapSpec
 
-__all__ = ["CURRENT_ITEM", "HAND_BACK_SECONDS", "Flight", "run_tasks", "run_threads"]
+__all__ = ["CURRENT_ITEM", "HAND_BACK_SECONDS", "Flight", "on_event_loop", "run_tasks", "run_threads"]
 
 Outcome = tuple[Any, bytes, dict[str, Any] | None]
 #: The top-level item the calling thread or task runs (os._exit names it in the slot).
@@ -410,12 +410,19 @@ def _time_out_threads(flight: Flight, running: dict[_Job, int]) -> None:
             flight.timed_out(index, "".join(traceback.format_stack(frame)) if frame is not None else "")
 
 
-def run_tasks(flight: Flight, call: Callable[[int], Coroutine[Any, Any, Outcome]]) -> dict[str, Any] | None:
-    """Run the flight's items as tasks on an event loop of their own (in a helper thread when this
-    thread already runs one: a nested async map inside an async item)."""
+def on_event_loop() -> bool:
+    """Whether the calling thread runs an event loop now."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        return False
+    return True
+
+
+def run_tasks(flight: Flight, call: Callable[[int], Coroutine[Any, Any, Outcome]]) -> dict[str, Any] | None:
+    """Run the flight's items as tasks on an event loop of their own (in a helper thread when this
+    thread already runs one: a nested async map inside an async item)."""
+    if not on_event_loop():
         return asyncio.run(_tasks(flight, call))
     box: list[dict[str, Any] | BaseException | None] = []
     context = contextvars.copy_context()

@@ -103,7 +103,7 @@ def init_worker(slot_dir: str, parent_pid: int) -> None:
 def _await_turn(slot_dir: str, wake_at: float) -> None:
     """A virtual sleep (the testing runner's clock) of a top-level item waits until its coordinator
     says time may move (see _timeskip); elsewhere (a nested map's item) it returns at once."""
-    if _slot is None or _DEPTH.get() != 1 or _on_event_loop():
+    if _slot is None or _DEPTH.get() != 1 or _inflight.on_event_loop():
         return  # an item on an event loop would block the others there: its sleep is skipped at once
     token, index = _slot.current()
     if token not in _virtual_maps:
@@ -112,14 +112,6 @@ def _await_turn(slot_dir: str, wake_at: float) -> None:
         index = _inflight.CURRENT_ITEM.get()
     if index >= 0:
         await_turn(sleeper_path(slot_dir, token, index), wake_at)
-
-
-def _on_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 _real_exit = os._exit
@@ -164,7 +156,7 @@ def run_chunk(spec: MapSpec, indexes: Sequence[int], concurrency: int = 1) -> Ch
     depth = _DEPTH.get() + 1  # a nested map's chunk runs inside an item: the slot keeps naming the outer item
     depth_token = _DEPTH.set(depth)
     slot = _slot if depth == 1 else None
-    if spec.virtual_time and depth == 1 and spec.token not in _virtual_maps:
+    if spec.virtual_time and depth == 1:
         _virtual_maps.add(spec.token)
     result = ChunkResult(spec.token, indexes, [], [], {}, 0.0)
     # The cyclic collector would scan the growing result lists again and again on a chunk of tiny

@@ -74,6 +74,13 @@ def salvage(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=300, check=False)
 
 
+def salvage_copy(damaged: Path, tmp_path: Path) -> tuple[dict[str, tuple[str, int]], Path, subprocess.CompletedProcess[str]]:
+    """The damaged store's fingerprint, the new store's path, and the salvage into it (CLI)."""
+    before = fingerprint(damaged)
+    new = tmp_path / "new"
+    return before, new, salvage(str(damaged), str(new))
+
+
 def item_results(store: Path) -> dict[int, object]:
     with StoreReader.open(store) as reader:
         return {item.index: item.result for item in reader.items("j", "1") if item.status == "SUCCEEDED"}
@@ -109,9 +116,7 @@ def test_a_page_of_random_bytes(tmp_path: Path, job: tuple[Path, Path]) -> None:
     script, good = job
     damaged = damaged_copy(good, tmp_path, lambda data: None)
     damage_a_leaf(damaged, random_bytes, lmdb_error)  # a leaf in the middle: LMDB reports an error
-    before = fingerprint(damaged)
-    new = tmp_path / "new"
-    out = salvage(str(damaged), str(new))
+    before, new, out = salvage_copy(damaged, tmp_path)
     assert out.returncode == 1, (out.stdout, out.stderr)  # 1: salvaged, with records lost
     assert "LOST: unreadable records: keys after j:1/" in out.stdout, out.stdout
     assert "reopened j:1 (it lost records)" in out.stdout, out.stdout
@@ -127,9 +132,7 @@ def test_the_first_page_of_records(tmp_path: Path, job: tuple[Path, Path]) -> No
     # The leaf that holds the execution's own record, the map's record and its first items: reading
     # fails before the first record, and must find the rest on its own.
     damage_a_leaf(damaged, random_bytes, lambda scan: lmdb_error(scan) or lmdb_abort(scan), first=True)
-    before = fingerprint(damaged)
-    new = tmp_path / "new"
-    out = salvage(str(damaged), str(new))
+    before, new, out = salvage_copy(damaged, tmp_path)
     assert out.returncode == 1, (out.stdout, out.stderr)
     assert "LOST: unreadable records: keys after (none) and before j:1/" in out.stdout, out.stdout
     # The map's own record was on that page; the report says so, and the next run records it again
@@ -159,9 +162,7 @@ def test_a_store_cut_short(tmp_path: Path, job: tuple[Path, Path]) -> None:
 def test_a_zeroed_header_page(tmp_path: Path, job: tuple[Path, Path]) -> None:
     script, good = job
     damaged = damaged_copy(good, tmp_path, lambda data: data.write_bytes(bytes(4096) + data.read_bytes()[4096:]))
-    before = fingerprint(damaged)
-    new = tmp_path / "new"
-    out = salvage(str(damaged), str(new))
+    before, new, out = salvage_copy(damaged, tmp_path)
     assert "header page 0 is damaged: the store was read as of the commit its other header page records" in out.stdout
     assert out.returncode == 1, (out.stdout, out.stderr)
     check_salvage(script, damaged, new, tmp_path, out, before)
@@ -171,9 +172,7 @@ def test_a_page_that_makes_lmdb_abort(tmp_path: Path, job: tuple[Path, Path]) ->
     script, good = job
     damaged = damaged_copy(good, tmp_path, lambda data: None)
     page = damage_a_leaf(damaged, branch_flag, lmdb_abort)  # LMDB aborts a plain scan on it
-    before = fingerprint(damaged)
-    new = tmp_path / "new"
-    out = salvage(str(damaged), str(new))
+    before, new, out = salvage_copy(damaged, tmp_path)
     assert out.returncode == 1, (page, out.stdout, out.stderr)
     assert "the reading process died" in out.stdout and "SIGABRT" in out.stdout, (page, out.stdout)
     lost = check_salvage(script, damaged, new, tmp_path, out, before)
@@ -211,9 +210,7 @@ def test_records_that_are_not_records_are_skipped_and_counted(tmp_path: Path, jo
         for index in spoiled:
             assert txn.replace(b"j\x00" + (1).to_bytes(4, "big") + index.to_bytes(4, "big"), b"\xc1 not msgpack")
     env.close()
-    before = fingerprint(damaged)
-    new = tmp_path / "new"
-    out = salvage(str(damaged), str(new))
+    before, new, out = salvage_copy(damaged, tmp_path)
     assert out.returncode == 1, (out.stdout, out.stderr)
     assert "LOST: 3 records of execution j under operation 1 that are not records (skipped)" in out.stdout, out.stdout
     assert "reopened j:1 (it lost records)" in out.stdout, out.stdout
