@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -16,9 +17,10 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
-from ._damage import damage_a_leaf, finished_job, lmdb_error, random_bytes
+from ._damage import branch_flag, damage_a_leaf, finished_job, lmdb_abort, lmdb_error, random_bytes
 
 JOB = textwrap.dedent('''
     import sys
@@ -111,6 +113,45 @@ def test_a_file_that_is_not_lmdb_says_both_possibilities(tmp_path: Path, good_st
     script, good = good_store
     store = damaged_copy(good, tmp_path, overwrite(0, 3 * 4096))
     assert_explained(store, script, "not an LMDB file, or both its header pages are damaged")
+
+
+def test_a_page_that_makes_lmdb_abort_is_explained_by_the_commands(tmp_path: Path,
+                                                                    good_store: tuple[Path, Path]) -> None:
+    """LMDB stops the process on an internal assertion (abort(), which Python cannot catch) when its
+    cursor walks into a leaf marked as a branch. The commands run in a child, so each one that meets it
+    ends with LMDB's line, then the store's message: damaged, where, and the salvage command."""
+    script, good = good_store
+    store = damaged_copy(good, tmp_path, lambda data: None)
+    damage_a_leaf(store, branch_flag, lmdb_abort)
+    for command in COMMANDS[2:]:  # they read every item record; ls and show read other pages
+        out = subprocess.run([sys.executable, "-m", "durablemap", command[0], "--store", str(store), *command[1:]],
+                             capture_output=True, timeout=120, check=False)
+        err = out.stderr.decode()
+        assert out.returncode == 2, (command, out.returncode, err)  # an abort would be -6
+        assert "Assertion 'IS_LEAF(mp)' failed" in err, (command, err)
+        assert f"durablemap: store {store}: is damaged: reading it made LMDB stop the process" in err, (command, err)
+        assert f"`durablemap salvage {store} {store}-salvaged`" in err and "Traceback" not in err, (command, err)
+    # handler.run reads in the job's own process: there LMDB's abort still ends it (README: a limit)
+    run = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, timeout=300, check=False)
+    assert run.returncode == -signal.SIGABRT, (run.returncode, run.stderr.decode())
+
+
+def test_a_command_run_in_its_child_ends_with_the_parent(good_store: tuple[Path, Path]) -> None:
+    """A SIGTERM sent to the command's process reaches the child that runs it: both end, the child
+    first, and the exit code says so (143), whatever the child was doing (here, blocked writing to a
+    pipe nobody reads)."""
+    _, good = good_store
+    command = subprocess.Popen([sys.executable, "-m", "durablemap", "export", "j", "--map", "m", "--store", str(good)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert command.stdout is not None and command.stdout.readline().startswith(b'{"index": 0')
+        [child] = psutil.Process(command.pid).children()  # 2 MB of rows: it waits for the pipe
+        command.send_signal(signal.SIGTERM)
+        assert command.wait(timeout=60) == 128 + signal.SIGTERM
+        assert not psutil.pid_exists(child.pid) or child.status() == psutil.STATUS_ZOMBIE
+    finally:
+        command.kill()
+        command.communicate()
 
 
 UNREADABLE = textwrap.dedent('''

@@ -9,7 +9,8 @@
 Every command finds the store as ``handler.run`` does: ``--store``, else ``$DURABLEMAP_STORE``, else
 ``./.durablemap``. Read commands open it read-only and take no lock, so they work while a job writes
 the store and after a job was killed; ``--json`` gives their output for scripts. A missing store or
-an unknown execution id is one line on stderr and exit code 2.
+an unknown execution id is one line on stderr and exit code 2. The store commands run in a forked
+child (``_guard``): a damaged store that makes LMDB abort them still ends with that message.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from durablemap import BatchResult, StoreError
 from durablemap._execution import default_execution_id, default_store_path
 from durablemap._salvage import salvage as salvage_store
 from durablemap.cli import _admin, _reader
+from durablemap.cli._guard import guarded
 from durablemap.cli._load import load_handler
 from durablemap.cli._reader import CliError
 from durablemap.cli._render import render_executions, render_failures, render_slowest, render_tree
@@ -62,6 +64,10 @@ def _no_compact_option(func: F) -> F:
 
 def _store_path(store: str | None) -> str:
     return store or default_store_path()
+
+
+# Store commands run in a child process: a damaged store that kills it ends the command with a message.
+_guarded = guarded(_store_path)
 
 
 def _echo_json(data: Any) -> None:
@@ -180,6 +186,7 @@ def _read_event(input_json: str | None, input_file: str | None) -> Any:
 @main.command(name="ls")
 @_store_option
 @_json_option
+@_guarded
 def list_command(store: str | None, as_json: bool) -> None:
     """List the executions of the store."""
     try:
@@ -199,6 +206,7 @@ def list_command(store: str | None, as_json: bool) -> None:
 @click.option("--items", "max_items", type=click.IntRange(min=0), default=10, show_default=True,
               help="List at most this many items of each map (the rest are counted).")
 @_json_option
+@_guarded
 def show(execution_id: str, store: str | None, max_items: int, as_json: bool) -> None:
     """Show the tree of operations of execution ID."""
     try:
@@ -230,6 +238,7 @@ def _timed(node: dict[str, Any], times: MapTimes) -> dict[str, Any]:
 @click.argument("execution_id")
 @_store_option
 @_json_option
+@_guarded
 def failures(execution_id: str, store: str | None, as_json: bool) -> None:
     """List each FAILED item of execution ID: map, index, name, error and traceback."""
     try:
@@ -257,6 +266,7 @@ def _failure_json(failure: Any, times: MapTimes) -> dict[str, Any]:
               help="How many items to list.")
 @_store_option
 @_json_option
+@_guarded
 def top(execution_id: str, map_name: str | None, count: int, store: str | None, as_json: bool) -> None:
     """List the slowest items of execution ID (of every map, or of --map): duration, start, worker, attempt."""
     try:
@@ -284,6 +294,7 @@ def top(execution_id: str, map_name: str | None, count: int, store: str | None, 
 @click.option("-o", "--output", metavar="FILE", default=None,
               help="Write the report here (default: durablemap-report-ID.html in the current directory).")
 @_store_option
+@_guarded
 def report(execution_id: str, output: str | None, store: str | None) -> None:
     """Write one self-contained HTML file (opens offline) showing what execution ID did: items
     finished over time, chunks per worker, item durations, memory, failures, configuration and
@@ -322,6 +333,7 @@ def _stream_json_list(rows: Iterator[dict[str, Any]]) -> None:
 @click.option("--row-group-size", "row_group", type=click.IntRange(min=1), default=65_536, show_default=True,
               help="parquet: items per row group (what export holds in memory at once).")
 @_store_option
+@_guarded
 def export(execution_id: str, map_name: str, fmt: str, output: str, row_group: int, store: str | None) -> None:
     """Export one record per recorded item of a map: index, status, result, error (streamed)."""
     if fmt == "parquet" and output == "-":
@@ -379,6 +391,7 @@ def _write_rows(rows: Iterator[dict[str, Any]], fmt: str, output: Any) -> None:
 @_store_option
 @click.option("--force", is_flag=True, help="Remove it even if a live process is running it.")
 @_no_compact_option
+@_guarded
 def rm(execution_id: str, store: str | None, force: bool, no_compact: bool) -> None:
     """Remove execution ID and all its records, then compact the store file (see `compact`)."""
     try:
@@ -411,6 +424,7 @@ def _compact(path: str, *, strict: bool) -> None:
 
 @main.command(name="compact")
 @_store_option
+@_guarded
 def compact_command(store: str | None) -> None:
     """Shrink the store file to the space its records use (LMDB compaction into a new file, swapped
     in atomically). Refused, changing nothing, while any other process has the store open."""
@@ -433,6 +447,7 @@ def _parse_duration(text: str) -> float:
 @_store_option
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @_no_compact_option
+@_guarded
 def gc(older_than: str, store: str | None, dry_run: bool, no_compact: bool) -> None:
     """Remove finished (SUCCEEDED or FAILED) executions older than a duration, then compact the store
     file (see `compact`) so the space they took goes back to the disk."""
