@@ -13,6 +13,11 @@ process writes the store, and streamed, so a map of millions of items is never h
             print(timing.index, timing.duration, timing.pid)
         records = reader.read_execution("my-execution")     # every record, in memory, store closed after
 
+A damaged store is copied into a new one by ``salvage(damaged_dir, new_dir)`` (the ``durablemap
+salvage`` command): every record it can still read, the damaged store only read. It returns a
+``SalvageReport`` (``complete``, ``saved``, ``lines()``, ``to_json()``); a job run on the new store
+runs again only what was lost.
+
 ``rebuild_batch_result`` does the same as ``batch_result`` for any records behind the store
 interface (what ``durablemap.testing`` reads an execution into).
 """
@@ -40,13 +45,15 @@ from durablemap._records import (
     op_key,
     path_of,
 )
+from durablemap._salvage import SalvageReport, salvage
 from durablemap._store import Store, execution_prefix, parse_path, path_str
 from durablemap._store._interface import MemoryRecords, RecordStore
 from durablemap._timings import ItemTime, item_times, slowest
 from durablemap.serdes import SerDes, deserialize_value
 
 __all__ = [
-    "Execution", "ExecutionRecords", "ItemTime", "MapItem", "Operation", "StoreReader", "rebuild_batch_result",
+    "Execution", "ExecutionRecords", "ItemTime", "MapItem", "Operation", "SalvageReport", "StoreReader",
+    "rebuild_batch_result", "salvage",
 ]
 
 

@@ -23,7 +23,9 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from durablemap.store import StoreReader
+from durablemap import StoreError
+from durablemap.store import SalvageReport, StoreReader
+from durablemap.store import salvage as store_salvage
 
 from ._damage import branch_flag, damage_a_leaf, finished_job, lmdb_abort, lmdb_error, random_bytes
 
@@ -124,6 +126,23 @@ def test_a_page_of_random_bytes(tmp_path: Path, job: tuple[Path, Path]) -> None:
     # What the report says was lost is what was lost: one run of items, a page's worth.
     assert lost and len(lost) < 200 and max(lost) - min(lost) == len(lost) - 1, sorted(lost)
     assert f"keys after j:1/{min(lost) - 1} and before j:1/{max(lost) + 1}" in out.stdout, (sorted(lost), out.stdout)
+
+
+def test_salvage_from_python(tmp_path: Path, job: tuple[Path, Path]) -> None:
+    """durablemap.store.salvage is the command's work, with the report as an object."""
+    script, good = job
+    damaged = damaged_copy(good, tmp_path, lambda data: None)
+    damage_a_leaf(damaged, random_bytes, lmdb_error)
+    before, new = fingerprint(damaged), tmp_path / "new"
+    report = store_salvage(damaged, new)
+    assert isinstance(report, SalvageReport) and not report.complete
+    assert "j:1" in report.reopened and report.lines()[-1].startswith("run the job on the new store")
+    saved_items = report.saved[("j", "1")]
+    lost = check_salvage(script, damaged, new, tmp_path, subprocess.CompletedProcess([], 0, "", ""), before)
+    assert saved_items == N - len(lost) and 0 < len(lost) < 200
+    assert store_salvage(good, tmp_path / "whole").complete
+    with pytest.raises(StoreError, match="already exists and is not an empty directory"):
+        store_salvage(good, new)
 
 
 def test_the_first_page_of_records(tmp_path: Path, job: tuple[Path, Path]) -> None:
