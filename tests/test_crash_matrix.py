@@ -192,6 +192,7 @@ DASK = pytest.param("dask", marks=[
 # machine they passed alone, but one run of the four in a row left the cluster with one worker (a
 # nanny closed mid-test) and the idle-kill row then FAILED item 0 for a cause not yet found.
 EXECUTORS = pytest.mark.parametrize("where", ["loky"], indirect=True)
+SCALED = pytest.mark.timeout(120 * SCALE)  # a scenario's time grows with its events
 
 
 def run(job: Any, event: dict[str, Any], tmp_path: Path, where: Where, **options: Any) -> BatchResult[Any]:
@@ -236,6 +237,7 @@ def poison_job(event: dict[str, Any], context: DurableContext) -> BatchResult[in
 
 
 @EXECUTORS
+@SCALED
 def test_poison_items_beside_slow_ones_fail_alone(tmp_path: Path, where: Where) -> None:
     where.workers = where.workers or 4
     items = 4 * where.rounds(15, 2)
@@ -298,6 +300,7 @@ def idle_kill_job(event: dict[str, Any], context: DurableContext) -> BatchResult
 
 
 @EXECUTORS
+@SCALED
 def test_idle_workers_killed_fail_no_item(tmp_path: Path, where: Where) -> None:
     where.workers = where.workers or 2
     kills = where.rounds(15, 3)
@@ -330,6 +333,7 @@ def poison_storm_job(event: dict[str, Any], context: DurableContext) -> BatchRes
 
 
 @EXECUTORS
+@SCALED
 def test_an_instant_poison_storm_fails_only_the_poison(tmp_path: Path, where: Where) -> None:
     where.workers = where.workers or 2
     items = 50 * where.rounds(15, 2)
@@ -409,6 +413,7 @@ class Storm(threading.Thread):
 
 
 @EXECUTORS
+@SCALED
 def test_a_random_worker_kill_storm_fails_no_innocent_item(tmp_path: Path, where: Where) -> None:
     where.workers = where.workers or 2
     kills = where.rounds(15, 2)
