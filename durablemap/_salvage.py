@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,9 @@ from durablemap._records import (
     encode_record,
 )
 from durablemap._store import FORMAT_VERSION, Store, decode_key, op_key, path_str
-from durablemap._store._env import check_directory
+from durablemap._store._env import check_directory, read_header
 from durablemap._store._keys import COMPONENT_SIZE
+from durablemap._store._pages import leaf_nodes
 from durablemap._store._salvage import ReadOutcome, Row, check_target, check_unused, read_store
 
 __all__ = ["SalvageReport", "salvage"]
@@ -68,6 +69,8 @@ class SalvageReport:
     orphaned: list[str] = field(default_factory=list)
     #: Executions in the new store's index.
     executions: int = 0
+    #: Records of ``saved`` found by reading data.mdb's pages directly: LMDB could not reach them.
+    from_pages: int = 0
 
     @property
     def complete(self) -> bool:
@@ -83,6 +86,7 @@ class SalvageReport:
             "lost_ranges": [gap.to_json() for gap in self.read.gaps], "repairs": self.read.repairs,
             "missing_databases": self.read.missing, "reader_crashes": self.read.crashes,
             "reopened": self.reopened, "orphaned_maps": self.orphaned, "executions": self.executions,
+            "from_pages": self.from_pages,
         }
 
     def lines(self) -> list[str]:
@@ -93,6 +97,9 @@ class SalvageReport:
                               f"{count:,} under {_op(parent)}" for parent, count in parents.items())
             out.append(f"  execution {execution_id}: {sum(parents.values()):,} records ({shown})")
         out += [f"  repaired to read it: {repair}" for repair in self.read.repairs]
+        if self.from_pages:
+            out.append(f"  {self.from_pages:,} of these records were found by reading data.mdb's pages directly: "
+                       "LMDB could not reach them (the ranges below were searched that way too)")
         for gap in self.read.gaps:
             out.append(f"  LOST: unreadable {gap.describe()}")
         for (execution_id, parent), count in sorted(self.undecodable.items()):
@@ -135,6 +142,9 @@ def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> S
     with Store.open(new) as store:
         writer = _Writer(store, report)
         report.read = read_store(real, new, writer.sinks(), writer.flush, writer.anchors)
+        header = read_header(real)
+        if header is not None and (report.read.gaps or report.read.repairs or report.read.missing):
+            writer.from_pages(leaf_nodes(os.path.join(real, "data.mdb"), header.page_size))
         writer.finish()
     return report
 
@@ -198,6 +208,27 @@ class _Writer:
             self.pending_bytes += len(value)
         if len(self.pending) >= _WRITE_BATCH or self.pending_bytes >= _WRITE_BYTES:
             self.flush()
+
+    def from_pages(self, nodes: Iterable[tuple[int, bytes, bytes]]) -> None:
+        """Records that LMDB could not reach, found in the file's pages (``leaf_nodes``): for each
+        record key not saved yet, its best version, copied as the records read through LMDB are. A
+        key may be on several pages, since freed pages keep older versions: a finished record wins
+        over a started one, a success over a failure, and then the later page."""
+        self.flush()
+        best: dict[bytes, tuple[int, int, bytes]] = {}
+        for page, key, value in nodes:
+            rank = _rank(key, value)
+            if rank is None:
+                continue
+            held = best.get(key)
+            if held is None and self.store.get(key) is not None:
+                continue  # read through LMDB: that version is the one in force
+            if held is None or (rank, page) > held[:2]:
+                best[key] = (rank, page, value)
+        rows = [(key, value) for key, (_, _, value) in sorted(best.items())]
+        self.records(rows)
+        self.flush()
+        self.report.from_pages = len(rows)
 
     def _valid_id(self, raw: bytes) -> bool:
         valid = self.ids.get(raw)
@@ -313,6 +344,31 @@ def _sub_type(value: bytes) -> str | None:
     if len(fields) == 7:
         return str(fields[3] or "")
     return None
+
+
+_RANKS = {Status.SUCCEEDED.value: 3, Status.FAILED.value: 2}
+
+
+def _rank(key: bytes, value: bytes) -> int | None:
+    """How final the record ``value`` at ``key``, found in a page, is (3 SUCCEEDED, 2 FAILED, 1 not
+    finished); None when the pair is not a record at a record key (a node of another database, an
+    execution's record at an operation's key or the reverse, bytes that only look like a node)."""
+    end = key.find(b"\x00")
+    if end < 0 or (len(key) - end - 1) % COMPONENT_SIZE:
+        return None
+    try:
+        key[:end].decode()
+        fields = decode_raw(value)
+    except Exception:
+        return None
+    root = end == len(key) - 1
+    if not isinstance(fields, list):
+        return None
+    if len(fields) == 3:  # the compact form of an item's record: a success
+        return None if root or fields[0] not in _COMPACT_ITEMS else 3
+    if len(fields) != 7 or (fields[0] == Kind.EXECUTION.value) != root:
+        return None
+    return _RANKS.get(fields[1], 1)
 
 
 def _decode(key: bytes | None) -> tuple[str, tuple[int, ...]] | None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
+import re
 import shutil
 import subprocess
 import sys
@@ -48,7 +50,8 @@ JOB = textwrap.dedent('''
         return context.map(list(range(N_ITEMS)), work, name="m").success_count
 
     if __name__ == "__main__":
-        print("RESULT", handler.run(None, store=sys.argv[1], execution_id="j", workers=2, progress=False))
+        print("RESULT", handler.run(None, store=sys.argv[1], execution_id=os.environ.get("SALVAGE_EXECUTION", "j"),
+                                    workers=2, progress=False))
 '''.replace("N_ITEMS", str(N)))
 
 
@@ -83,17 +86,17 @@ def salvage_copy(damaged: Path, tmp_path: Path) -> tuple[dict[str, tuple[str, in
     return before, new, salvage(str(damaged), str(new))
 
 
-def item_results(store: Path) -> dict[int, object]:
+def item_results(store: Path, execution: str = "j") -> dict[int, object]:
     with StoreReader.open(store) as reader:
-        return {item.index: item.result for item in reader.items("j", "1") if item.status == "SUCCEEDED"}
+        return {item.index: item.result for item in reader.items(execution, "1") if item.status == "SUCCEEDED"}
 
 
-def rerun(script: Path, store: Path, tmp_path: Path) -> set[int]:
-    """Run the job again on ``store``; the items it ran."""
-    ran = tmp_path / "ran"
+def rerun(script: Path, store: Path, tmp_path: Path, execution: str = "j") -> set[int]:
+    """Run the job (execution ``execution``) again on ``store``; the items it ran."""
+    ran = tmp_path / f"ran-{execution}"
     ran.mkdir()
     out = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, timeout=300, check=False,
-                         env={**os.environ, "SALVAGE_RAN": str(ran)})
+                         env={**os.environ, "SALVAGE_RAN": str(ran), "SALVAGE_EXECUTION": execution})
     assert out.returncode == 0 and f"RESULT {N}".encode() in out.stdout, out.stderr.decode()
     indexes = [int(line) for path in ran.iterdir() for line in path.read_text().split()]
     assert len(indexes) == len(set(indexes)), "an item ran twice"
@@ -123,9 +126,24 @@ def test_a_page_of_random_bytes(tmp_path: Path, job: tuple[Path, Path]) -> None:
     assert "LOST: unreadable records: keys after j:1/" in out.stdout, out.stdout
     assert "reopened j:1 (it lost records)" in out.stdout, out.stdout
     lost = check_salvage(script, damaged, new, tmp_path, out, before)
-    # What the report says was lost is what was lost: one run of items, a page's worth.
-    assert lost and len(lost) < 200 and max(lost) - min(lost) == len(lost) - 1, sorted(lost)
-    assert f"keys after j:1/{min(lost) - 1} and before j:1/{max(lost) + 1}" in out.stdout, (sorted(lost), out.stdout)
+    assert_lost_within_the_gap(lost, out.stdout)
+
+
+FOUND_IN_PAGES = "found by reading data.mdb's pages directly"
+
+
+def assert_lost_within_the_gap(lost: set[int], report: str) -> None:
+    """What the report says LMDB could not read holds what was lost: one run of items, at most a
+    page's worth. An older copy of the damaged page (freed by a later commit) may have given some
+    or all of them back, read from the pages directly, and then the report says so."""
+    gaps = [(int(after or -1), int(before or N)) for after, before in
+            re.findall(r"LOST: unreadable records: keys after (?:j:1/(\d+)|\(none\)) and before (?:j:1/(\d+)|\(none\))",
+                       report)]
+    assert len(gaps) == 1, report
+    after, before = gaps[0]
+    assert lost <= set(range(after + 1, before)) and before - after < 200, (sorted(lost), report)
+    assert not lost or max(lost) - min(lost) == len(lost) - 1, sorted(lost)
+    assert lost or FOUND_IN_PAGES in report, report
 
 
 def test_salvage_from_python(tmp_path: Path, job: tuple[Path, Path]) -> None:
@@ -139,7 +157,8 @@ def test_salvage_from_python(tmp_path: Path, job: tuple[Path, Path]) -> None:
     assert "j:1" in report.reopened and report.lines()[-1].startswith("run the job on the new store")
     saved_items = report.saved[("j", "1")]
     lost = check_salvage(script, damaged, new, tmp_path, subprocess.CompletedProcess([], 0, "", ""), before)
-    assert saved_items == N - len(lost) and 0 < len(lost) < 200
+    assert saved_items == N - len(lost)
+    assert_lost_within_the_gap(lost, "\n".join(report.lines()))
     assert store_salvage(good, tmp_path / "whole").complete
     with pytest.raises(StoreError, match="already exists and is not an empty directory"):
         store_salvage(good, new)
@@ -154,11 +173,12 @@ def test_the_first_page_of_records(tmp_path: Path, job: tuple[Path, Path]) -> No
     before, new, out = salvage_copy(damaged, tmp_path)
     assert out.returncode == 1, (out.stdout, out.stderr)
     assert "LOST: unreadable records: keys after (none) and before j:1/" in out.stdout, out.stdout
-    # The map's own record was on that page; the report says so, and the next run records it again
-    # and runs only the items whose records were lost.
-    assert "LOST: the record of map j:1 (its items' records were saved" in out.stdout, out.stdout
+    # The map's own record was on that page: found in an older copy of the page (the map's last
+    # record freed it), or reported lost; either way the next run records it again and runs only
+    # the items whose records were lost.
+    assert "LOST: the record of map j:1 (its items' records were saved" in out.stdout or FOUND_IN_PAGES in out.stdout
     lost = check_salvage(script, damaged, new, tmp_path, out, before)
-    assert lost and min(lost) == 0 and len(lost) < 200 and max(lost) == len(lost) - 1, sorted(lost)
+    assert_lost_within_the_gap(lost, out.stdout)
     with StoreReader.open(new) as reader:  # the execution's record was lost: rebuilt from the index
         assert [e.status for e in reader.executions()] == ["SUCCEEDED"]
 
@@ -176,6 +196,34 @@ def test_a_store_cut_short(tmp_path: Path, job: tuple[Path, Path]) -> None:
     assert report["lost_ranges"], report
     assert not [name for name in os.listdir(new) if name.startswith(".salvage")], "the repaired copy was left"
     check_salvage(script, damaged, new, tmp_path, out, before)
+
+
+def test_records_past_the_reach_of_lmdb_are_read_from_the_pages(tmp_path: Path, job: tuple[Path, Path]) -> None:
+    """Two executions, then the store cut to three quarters: the pages written last, where the roots
+    of LMDB's trees are, are gone, and LMDB reaches few records. The leaves left in the file are read
+    directly: most records come back, every one right, and each execution's next run runs exactly
+    what was lost."""
+    script, good = job
+    store = tmp_path / "two"
+    shutil.copytree(good, store)
+    second = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, timeout=300, check=False,
+                            env={**os.environ, "SALVAGE_EXECUTION": "k"})
+    assert f"RESULT {N}".encode() in second.stdout, second.stderr.decode()
+    data = store / "data.mdb"
+    os.truncate(data, data.stat().st_size * 3 // 4 // 4096 * 4096)
+    before = fingerprint(store)
+    new = tmp_path / "new"
+    out = salvage(str(new), "--store", str(store), "--json")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, (out.stdout, out.stderr)
+    report = json.loads(out.stdout)
+    assert report["from_pages"] > 0 and not report["complete"], report
+    saved = {execution: item_results(new, execution) for execution in ("j", "k")}
+    assert sum(map(len, saved.values())) >= N, report  # LMDB alone reached fewer than half
+    assert fingerprint(store) == before
+    for execution, results in saved.items():
+        assert all(value == {"i": i, "sq": i * i} for i, value in results.items())
+        assert rerun(script, new, tmp_path, execution) == set(range(N)) - set(results)
+        assert item_results(new, execution) == {i: {"i": i, "sq": i * i} for i in range(N)}
 
 
 def test_a_zeroed_header_page(tmp_path: Path, job: tuple[Path, Path]) -> None:
@@ -253,3 +301,19 @@ def test_a_store_open_in_another_process_is_refused(tmp_path: Path, job: tuple[P
         holder.wait()
         if holder.stdout is not None:
             holder.stdout.close()
+
+
+def test_reading_pages_of_random_bytes_never_fails(tmp_path: Path) -> None:
+    """Pages read directly may hold anything: laid out as leaves or not, offsets and sizes pointing
+    anywhere (past the page, past the file); reading them yields what fits and never raises."""
+    from durablemap._store._pages import leaf_nodes
+
+    rng = random.Random(17)
+    data = bytearray(rng.randbytes(4096 * 64))
+    for page in range(2, 64, 2):  # every other page flagged as a leaf, with a plausible lower/upper
+        data[page * 4096 + 10:page * 4096 + 16] = (0x02).to_bytes(2, "little") + rng.randrange(16, 200).to_bytes(
+            2, "little") + rng.randrange(200, 4096).to_bytes(2, "little")
+    path = tmp_path / "data.mdb"
+    path.write_bytes(bytes(data))
+    nodes = list(leaf_nodes(str(path), 4096))  # (which of them are records, _salvage tells: tests above)
+    assert all(2 <= page < 64 and len(key) <= 4096 - 24 for page, key, _ in nodes)

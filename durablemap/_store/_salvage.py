@@ -21,9 +21,10 @@ What LMDB cannot open at all is prepared first, on a copy written inside the new
 store as of its previous commit), and a file cut short is extended with zeros to the length its
 header says, so its missing pages read as pages of zeros (an LMDB error) rather than SIGBUS. When
 the last commit's list of databases, or every record, cannot be read, the commit before is read.
-What LMDB cannot reach through its B-tree is not found: a page holding records whose branch page is
-lost is not read (that would mean parsing LMDB's pages, and telling live pages from free ones that
-hold older versions of records, which LMDB cannot tell from a page either).
+What LMDB cannot reach through its B-tree (a leaf whose branch page, or root, is lost) is searched
+for afterwards in the file's pages themselves (``_pages``), when anything was lost: the caller
+(``durablemap._salvage``) takes from them the records at keys it has not read, choosing among the
+older versions that freed pages hold.
 
 Writing. Records whose key is not a record key, or whose value is not a msgpack record, are skipped
 and counted. The rest go into a fresh store, with the executions' index. A map that finished
