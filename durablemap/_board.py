@@ -149,7 +149,7 @@ class ItemBoard:
             return self.finish_items(_items(result))
         errors = result.errors
         return self._finish((index, position not in errors, None)
-                            for position, index in zip(range(len(result.values)), result.indexes, strict=False))
+                            for position, index in zip(range(result.ran), result.indexes, strict=False))
 
     def _finish_range(self, indexes: range, values: list[Any]) -> int:
         """Count a contiguous run of SUCCEEDED items at once (no criterion can stop the map early)."""

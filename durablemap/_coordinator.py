@@ -277,8 +277,8 @@ class Coordinator:
         for indexes, result in results:
             if result.logs:
                 emit_logs(result.logs)  # what the items logged in their worker process
-            self.sizer.measured(result.elapsed, len(result.values))
-            self.plan.measured(len(result.values), result.elapsed, result.cpu, result.concurrency)
+            self.sizer.measured(result.elapsed, result.ran)
+            self.plan.measured(result.ran, result.elapsed, result.cpu, result.concurrency)
             self.faults.recorded(result.indexes)
             if len(result.indexes) < len(indexes):  # an error ended the chunk, or it handed items back
                 ran = set(result.indexes)

@@ -177,11 +177,12 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
     # several at once in workers with slots (no memory limit measures them one by one).
     spec.virtual_time = (isinstance(state.clock, VirtualClock) and getattr(executor, "slots", None) is not None
                          and executor.threads and not (limits.budget or limits.worker_limit))
+    lazy = not flat and len(inputs) >= _stored.LAZY_MIN_ITEMS  # items stay in the store
+    spec.values_unused = lazy and spec.commit_in_worker
     ref = executor.publish(spec)
     try:
         if record is None or record.status == Status.STARTED:  # first run, or a resume: a new segment
             put(Status.STARTED, meta={"inputs": len(inputs), "flat": flat, "timeline": timeline})
-        lazy = not flat and len(inputs) >= _stored.LAZY_MIN_ITEMS  # items stay in the store
         # Read even without the map's own record: a store salvaged after damage may have lost it but
         # kept its items' records, which a first run has none of (the lookup then costs a seek).
         prior = _read_prior(state, path, inputs, item_serdes, names, item_sub_type,

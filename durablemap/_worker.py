@@ -170,6 +170,8 @@ def run_chunk(spec: MapSpec, indexes: Sequence[int], concurrency: int = 1) -> Ch
                 _run_one_by_one(spec, indexes, result, slot, depth)
             result.elapsed = time.perf_counter() - start
             result.cpu = time.process_time() - cpu
+            if spec.values_unused and result.committed:  # recorded in the store: only counted
+                result.unsent, result.values = len(result.values), []
             return result
     finally:
         _DEPTH.reset(depth_token)
@@ -286,19 +288,24 @@ def _run_plain_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
         except Exception as exc:
             value, record, error = _item_failed(spec, index, exc, _meta(fp, note_peak(None, limit)))
             errors[len(records)] = error
+            ended = monotonic()
         except EXITS as exc:
             if is_real_interrupt(exc):
                 raise
             value, record, error = _item_exited(spec, index, None, exc, _meta(fp, note_peak(None, limit)))
             errors[len(records)] = error
+            ended = monotonic()
         else:
-            if memory is not None and monotonic() - started >= measure:
+            ended = monotonic()  # this item's end is the next one's start (read again after work)
+            if memory is not None and ended - started >= measure:
                 value, record = _record(build, value, fp, payload, _measured(memory, slot, started, limit))
+                ended = monotonic()
             elif record is None:
                 value, record = _record(build, value, fp, payload, None)
+                ended = monotonic()
         records.append(record)
         values.append(value)
-        started = monotonic()
+        started = ended
     if memory is not None and limit:
         memory.note(None, limit)  # the periodic check against the worker limit, skipped above
     return None

@@ -13,7 +13,7 @@ import pytest
 
 from durablemap._batch import BatchItem, BatchItemStatus, CompletionReason
 from durablemap._board import ItemBoard
-from durablemap._chunking import MAX_CHUNK, ChunkSizer
+from durablemap._chunking import MAX_CHUNK, TAIL_SECONDS, ChunkSizer
 from durablemap._clock import Clock
 from durablemap._committer import Committer
 from durablemap._completion import CompletionPolicy
@@ -43,9 +43,20 @@ def test_chunks_start_at_one_item_then_follow_the_measured_duration() -> None:
 
 def test_near_the_end_a_chunk_is_at_most_half_a_fair_share() -> None:
     sizer = ChunkSizer(workers=4, chunk_seconds=1.0)
-    sizer.measured(elapsed=0.001, items=1000)
+    sizer.measured(elapsed=1.0, items=1000)  # 1 ms per item
     assert sizer.size(remaining=800) == 100  # 800 / (2 * 4)
-    assert sizer.size(remaining=1) == 1
+    assert sizer.size(remaining=20) == int(TAIL_SECONDS / 0.001)  # but never under TAIL_SECONDS of work
+    assert sizer.size(remaining=3) == 3
+
+
+def test_the_tail_of_tiny_items_goes_in_few_chunks() -> None:
+    sizer = ChunkSizer(workers=2, chunk_seconds=0.05)
+    sizer.measured(elapsed=0.002, items=1000)  # 2 us per item: TAIL_SECONDS is 2,500 items
+    sizes, remaining = [], 20_000
+    while remaining:
+        sizes.append(sizer.size(remaining))
+        remaining -= sizes[-1]
+    assert sizes == [5000, 3750, 2813, 2500, 2500, 2500, 937]
 
 
 # -- the item board ------------------------------------------------------------------------------

@@ -75,3 +75,25 @@ def test_every_kind_of_result_comes_back_and_replays_the_same(tmp_path: Path) ->
         first = mixed_map.run({"n": n, "range": inputs_range}, store=store, execution_id="m", workers=2)
         assert first == expected(n)
         assert mixed_map.run({"n": n, "range": inputs_range}, store=store, execution_id="m", workers=2) == first
+
+
+def test_a_large_maps_workers_send_no_values(tmp_path: Path) -> None:
+    """A large map's coordinator keeps no item values (they stay in the store): its workers, which
+    committed their chunks, send back how many items ran and not their values; every result still
+    comes back right, from the store."""
+    from unittest import mock
+
+    from durablemap import _board, _map, _stored
+
+    received: list[tuple[int, int]] = []
+    finish = _board.ItemBoard.finish_chunk
+
+    def counting(board: Any, result: Any) -> tuple[int, int]:
+        received.append((len(result.values), result.ran))
+        return finish(board, result)
+
+    with (mock.patch.object(_stored, "LAZY_MIN_ITEMS", 0), mock.patch.object(_map, "_SURELY_LARGE", 0),
+          mock.patch.object(_board.ItemBoard, "finish_chunk", counting)):
+        first = mixed_map.run({"n": 3000, "range": True}, store=tmp_path / "s", execution_id="m", workers=2)
+    assert first == expected(3000)
+    assert received and all(sent == 0 for sent, _ in received) and sum(ran for _, ran in received) == 3000

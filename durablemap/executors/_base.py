@@ -60,6 +60,9 @@ class MapSpec:
     #: The testing runner's virtual clock: a worker starts every item of its chunk at once, and an
     #: item's wait moves the clock only when every item in flight waits (see _timeskip).
     virtual_time: bool = False
+    #: The coordinator keeps no item values (a large map: they stay in the store, see _stored): a
+    #: worker that committed its chunk sends back only how many items ran, not their values.
+    values_unused: bool = False
     #: ``context(state, path)`` makes an item's context (``DurableContext``, from the operations layer)
     context: Callable[[ExecutionState, tuple[int, ...]], Any] = _no_context
 
@@ -83,6 +86,14 @@ class ChunkResult:
     # The most items of the chunk the worker allowed to run at once (set by ``_inflight``); 0 when
     # the chunk ran one item after another: it could not show two at once, so it says nothing.
     concurrency: int = 0
+    #: Items that ran but whose values were not sent (``values`` is then empty): the map's spec
+    #: says the coordinator keeps no values (see ``MapSpec.values_unused``).
+    unsent: int = 0
+
+    @property
+    def ran(self) -> int:
+        """How many items of the chunk ran."""
+        return len(self.values) + self.unsent
 
 
 
