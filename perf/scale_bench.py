@@ -5,6 +5,7 @@
     python perf/scale_bench.py --huge             # adds N = 100M (needs far more memory today)
     python perf/scale_bench.py --strings-max 3000000 --json figures.json
     python perf/scale_bench.py --huge --cases range   # only the range case, 1M, 10M and 100M
+    python perf/scale_bench.py --n 10000000 --cases range --phases first,replay   # no full read
 
 Cases, each run twice in fresh Python processes on one fresh store:
 
@@ -189,6 +190,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per run")
     parser.add_argument("--json", help="also write every row to this file")
     parser.add_argument("--cases", default="range,str,lines", help="which cases (default range,str,lines)")
+    parser.add_argument("--phases", default="first,replay,read", help="which phases (default first,replay,read)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--phase", help=argparse.SUPPRESS)
@@ -206,7 +208,7 @@ def main() -> None:
             if case == "lines":  # the file and its index, outside the timed runs
                 from durablemap.inputs import FileLines
                 FileLines(_lines_file(store, n), index_dir=store + "-index")
-            for phase in ("first", "replay", "read") if case == "range" else ("first", "replay"):
+            for phase in [p for p in args.phases.split(",") if p != "read" or case == "range"]:
                 row = _run_child(case, n, workers, store, phase, args.timeout)
                 rows.append(row)
                 print(_format(row), flush=True)
