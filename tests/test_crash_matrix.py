@@ -144,6 +144,9 @@ class Where:
         return (loky if self.kind == "loky" else dask) * SCALE
 
 
+CLUSTER_UP = threading.Event()  # while the module's Dask cluster runs (its workers live as long)
+
+
 @pytest.fixture(scope="module")
 def dask_client() -> Iterator[Any]:
     """One 2-worker LocalCluster (processes, one thread each) for the module's Dask scenarios, with
@@ -162,9 +165,11 @@ def dask_client() -> Iterator[Any]:
         cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                            dashboard_address=None)
         client = distributed.Client(cluster, set_as_default=False)
+        CLUSTER_UP.set()
         try:
             yield client
         finally:
+            CLUSTER_UP.clear()
             client.close()
             cluster.close()
             _, alive = psutil.wait_procs([p for p in _children() if p.pid not in before], timeout=10)
@@ -515,11 +520,14 @@ def matrix(event: dict[str, str], context: DurableContext) -> BatchResult[int]:
 
 def _children() -> list[psutil.Process]:
     """This process's live descendants, leaving out the resource trackers of loky and
-    multiprocessing: helpers that live as long as this process, whatever the pools do."""
+    multiprocessing: helpers that live as long as this process, whatever the pools do; and the
+    workers of the module's Dask cluster while it runs (none is left once it closes)."""
     alive = []
+    cluster = {p.pid for p in workers_of(os.getpid(), "dask")} if CLUSTER_UP.is_set() else set()
     for child in psutil.Process().children(recursive=True):
         try:
-            if child.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(child.cmdline()):
+            if (child.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(child.cmdline())
+                    and child.pid not in cluster):
                 alive.append(child)
         except psutil.NoSuchProcess:
             continue
