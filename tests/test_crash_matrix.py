@@ -4,7 +4,8 @@ Scenarios 1-4, on loky and on a Dask LocalCluster, each repeating its event in o
 items in one map, 15 kills in one storm, on loky): a race that shows once in 15 events shows in a
 run of the suite 64% of the time. ``DURABLEMAP_CRASH_SCALE=3`` repeats each event 45 times (a 95%
 chance), for a run before a release or after a change to fault handling; it took 6 to 13 minutes
-on this loaded 2-core machine.
+on this loaded 2-core machine. The Dask rows repeat their events 2 or 3 times (a nanny's restart
+of a worker costs more): ``DURABLEMAP_CRASH_SCALE=15 ... -k dask`` gives them 30 to 45 (5-6 minutes).
 
 1. poison items beside slow ones (4 loky workers): only the poison items are FAILED, again after
    retry_failed=True, which re-runs them and nothing else;
