@@ -188,8 +188,8 @@ class _Writer:
         """Copy the rows that are records; count the others. Counted by raw parent key, decoded
         once per parent at the end (``count``): this runs once per record of the store."""
         for key, value in rows:
-            end = key.find(b"\x00")
-            if end < 0 or (len(key) - end - 1) % COMPONENT_SIZE or not self._valid_id(key[:end]):
+            end = _id_end(key)
+            if end is None or not self._valid_id(key[:end]):
                 self.report.bad_keys += 1
                 continue
             root = end == len(key) - 1
@@ -330,20 +330,29 @@ class _Writer:
         self.report.executions = len(self.roots)
 
 
-def _sub_type(value: bytes) -> str | None:
-    """The sub-type of the record ``value`` ("" when it has none), None when it is not a record (what
-    ``decode_record`` would refuse, without building the record)."""
+def _id_end(key: bytes) -> int | None:
+    """Where the execution id of the record key ``key`` ends (its NUL), None when ``key`` is not
+    laid out as a record key (an id, a NUL, then whole path components)."""
+    end = key.find(b"\x00")
+    return None if end < 0 or (len(key) - end - 1) % COMPONENT_SIZE else end
+
+
+def _fields(value: bytes) -> list[Any] | None:
+    """The fields of the record ``value`` (3 in the compact form of an item's record, else 7), None
+    when it is not a record (what ``decode_record`` would refuse, without building the record)."""
     try:
         fields = decode_raw(value)
     except Exception:
         return None
-    if not isinstance(fields, list):
+    return fields if isinstance(fields, list) and len(fields) in (3, 7) else None
+
+
+def _sub_type(value: bytes) -> str | None:
+    """The sub-type of the record ``value`` ("" when it has none), None when it is not a record."""
+    fields = _fields(value)
+    if fields is None:
         return None
-    if len(fields) == 3:  # the compact form of an item's record
-        return _COMPACT_ITEMS.get(fields[0])
-    if len(fields) == 7:
-        return str(fields[3] or "")
-    return None
+    return _COMPACT_ITEMS.get(fields[0]) if len(fields) == 3 else str(fields[3] or "")
 
 
 _RANKS = {Status.SUCCEEDED.value: 3, Status.FAILED.value: 2}
@@ -353,20 +362,17 @@ def _rank(key: bytes, value: bytes) -> int | None:
     """How final the record ``value`` at ``key``, found in a page, is (3 SUCCEEDED, 2 FAILED, 1 not
     finished); None when the pair is not a record at a record key (a node of another database, an
     execution's record at an operation's key or the reverse, bytes that only look like a node)."""
-    end = key.find(b"\x00")
-    if end < 0 or (len(key) - end - 1) % COMPONENT_SIZE:
+    end, fields = _id_end(key), _fields(value)
+    if end is None or fields is None:
         return None
     try:
         key[:end].decode()
-        fields = decode_raw(value)
-    except Exception:
+    except UnicodeDecodeError:
         return None
     root = end == len(key) - 1
-    if not isinstance(fields, list):
-        return None
     if len(fields) == 3:  # the compact form of an item's record: a success
         return None if root or fields[0] not in _COMPACT_ITEMS else 3
-    if len(fields) != 7 or (fields[0] == Kind.EXECUTION.value) != root:
+    if (fields[0] == Kind.EXECUTION.value) != root:
         return None
     return _RANKS.get(fields[1], 1)
 

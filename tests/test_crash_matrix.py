@@ -185,8 +185,8 @@ def running_worker_pids(dask_scheduler: Any) -> list[int]:
 def cluster_whole(client: Any) -> bool:
     """Whether the cluster runs its two workers and nothing else: every live worker process is
     registered with the scheduler, none is starting, and no dead one is still registered."""
-    return sorted(client.run_on_scheduler(running_worker_pids)) == sorted(
-        p.pid for p in workers_of(os.getpid(), "dask")) and len(workers_of(os.getpid(), "dask")) == 2
+    live = sorted(p.pid for p in workers_of(os.getpid(), "dask"))
+    return len(live) == 2 and sorted(client.run_on_scheduler(running_worker_pids)) == live
 
 
 @pytest.fixture

@@ -80,8 +80,7 @@ def _in_child(command: Callable[[], Any], store: str) -> Any:
         _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if ended:
-        raised = pickle.loads(ended)
-        raise raised
+        raise pickle.loads(ended)
     if code < 0 and -code in _FATAL:
         raise damaged(store, _FATAL[signal.Signals(-code)])
     if code < 0:
@@ -92,7 +91,6 @@ def _in_child(command: Callable[[], Any], store: str) -> Any:
 
 
 def _child(command: Callable[[], Any], write: int) -> None:
-    code = 0
     try:
         try:
             command()
@@ -107,7 +105,7 @@ def _child(command: Callable[[], Any], write: int) -> None:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
-        os._exit(code)
+        os._exit(0)  # how it ended is in the pipe; a fatal signal never gets here
 
 
 @contextlib.contextmanager
