@@ -127,7 +127,8 @@ class LostItems:
             return []
         items = []
         for index in indexes:
-            raw = self.store.get(item_key(self.prefix, index))
+            found, raws = self.store.children_columns(self.prefix, index, 1)  # an item's record, or in a run
+            raw = raws[0] if found and found[0] == index else None
             if raw is not None and index in self.stale and as_record(decode_raw(raw)) == self.stale[index]:
                 continue
             outcome = None if raw is None else decode_item_outcome(

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BATCH_SUB_TYPES", "CHECKPOINT_SIZE_LIMIT_BYTES", "FORMAT_VERSION", "ITEM_SUB_TYPES", "Kind", "Record",
-    "ItemRecords", "RecordWriter", "Status", "SubType", "all_compact", "as_record", "compact_fields",
+    "ItemRecords", "RecordWriter", "Status", "SubType", "all_compact", "as_record", "compact_code", "compact_fields",
     "compact_values", "decode_item_outcome", "decode_raw", "decode_record", "encode_record", "fields_meta",
     "is_compact", "is_compact_raw", "item_index", "item_key", "item_keys", "item_outcome", "item_records",
     "op_key", "path_of", "record_head", "with_meta",
@@ -216,6 +216,12 @@ class ItemRecords:
 
 
 _PLAIN = frozenset((int, float, str, bool, type(None)))
+
+
+def compact_code(sub_type: str) -> int | None:
+    """The code that stands for ``sub_type`` in a compact record (``[code, meta, value]``), or None
+    when its records are not compact."""
+    return _COMPACT_CODES.get(sub_type)
 
 
 @functools.cache

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,9 @@ from durablemap._records import (
 )
 from durablemap._store import FORMAT_VERSION, Store, decode_key, op_key, path_str
 from durablemap._store._env import check_directory, read_header
-from durablemap._store._keys import COMPONENT_SIZE
+from durablemap._store._keys import COMPONENT_SIZE, item_keys
 from durablemap._store._pages import leaf_nodes
+from durablemap._store._runs import parse_run, split_run
 from durablemap._store._salvage import ReadOutcome, Row, check_target, check_unused, read_store
 
 __all__ = ["SalvageReport", "salvage"]
@@ -186,8 +187,9 @@ class _Writer:
 
     def records(self, rows: list[Row]) -> None:
         """Copy the rows that are records; count the others. Counted by raw parent key, decoded
-        once per parent at the end (``count``): this runs once per record of the store."""
-        for key, value in rows:
+        once per parent at the end (``count``): this runs once per record of the store. A run of
+        item records (see ``_store._runs``) is copied as one record per item."""
+        for key, value in _unrun(rows, self.undecodable):
             end = _id_end(key)
             if end is None or not self._valid_id(key[:end]):
                 self.report.bad_keys += 1
@@ -216,7 +218,7 @@ class _Writer:
         over a started one, a success over a failure, and then the later page."""
         self.flush()
         best: dict[bytes, tuple[int, int, bytes]] = {}
-        for page, key, value in nodes:
+        for page, key, value in _unrun_nodes(nodes):
             rank = _rank(key, value)
             if rank is None:
                 continue
@@ -328,6 +330,39 @@ class _Writer:
             entry = Record(record.kind, record.status, record.name, record.sub_type, None, None, meta)
             self.store.index_put(_EXECUTIONS, execution_id.encode(), encode_record(entry))
         self.report.executions = len(self.roots)
+
+
+def _unrun(rows: Iterable[Row], undecodable: Counter[tuple[bytes, bool]]) -> Iterator[Row]:
+    """``rows`` with each run of item records as one row per item; a run that cannot be read is
+    counted as undecodable under its map."""
+    for key, value in rows:
+        run = parse_run(key)
+        if run is None:
+            yield key, value
+            continue
+        map_key, first, count = run
+        try:
+            records = split_run(value, count, key)
+        except StoreError:
+            undecodable[(map_key, False)] += count
+            continue
+        yield from zip(item_keys(map_key, range(first, first + count)), records, strict=True)
+
+
+def _unrun_nodes(nodes: Iterable[tuple[int, bytes, bytes]]) -> Iterator[tuple[int, bytes, bytes]]:
+    """``_unrun`` of the nodes found in pages; a run that cannot be read is left out."""
+    for page, key, value in nodes:
+        run = parse_run(key)
+        if run is None:
+            yield page, key, value
+            continue
+        map_key, first, count = run
+        try:
+            records = split_run(value, count, key)
+        except StoreError:
+            continue
+        for item_key_, record in zip(item_keys(map_key, range(first, first + count)), records, strict=True):
+            yield page, item_key_, record
 
 
 def _id_end(key: bytes) -> int | None:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import cloudpickle
+import msgpack
 
 from durablemap import _inflight, _logs, _memory
 from durablemap._clock import set_turn
@@ -45,10 +46,11 @@ from durablemap._exits import EXITS, describe_exit, is_real_interrupt, watching_
 from durablemap._fingerprint import fingerprint
 from durablemap._gc import paused
 from durablemap._memory import init_item_memory, note_peak
-from durablemap._records import ItemRecords, item_keys, item_records
+from durablemap._records import ItemRecords, compact_code, item_keys, item_records
 from durablemap._slots import SlotWriter
 from durablemap._state import item_slot
-from durablemap._store import path_str
+from durablemap._store import Store, path_str
+from durablemap._store._runs import RUN_MAX
 from durablemap._timeskip import await_turn, sleeper_path
 from durablemap._timings import chunk_meta, stamp_chunk
 from durablemap.executors._base import ChunkResult, MapSpec
@@ -184,19 +186,90 @@ def _run_one_by_one(spec: MapSpec, indexes: Sequence[int], result: ChunkResult, 
     plain = spec.item_serdes is None and spec.names is None and not spec.timeout_in_worker
     run = _run_plain_items if plain else _run_any_items
     marks: list[float] = []  # the clock before each item, then after the last (see _timings)
-    _run_watched(spec, indexes, result, slot, functools.partial(run, marks=marks), depth)
+    # Plain results to be stored as runs (see _store._runs): their records are packed after the loop,
+    # a run at a time, where each item's would cost a pack call.
+    store = spec.state.store() if spec.commit_in_worker else None
+    rows: list[tuple[Any, Any, Any]] | None = [] if plain and isinstance(store, Store) else None
+    loop = (functools.partial(run, marks=marks) if rows is None
+            else functools.partial(_run_plain_items, marks=marks, rows=rows))
+    _run_watched(spec, indexes, result, slot, loop, depth)
     marks.append(time.monotonic())
     if slot is not None:
         slot.end()
     if result.fatal is not None:
         result.indexes = indexes[:len(result.records)]
+    runs, kept = _runs(result, rows, spec.sub_type) if rows else ([], result.indexes)
     if result.records:  # the chunk's timings go in its last record (see _timings)
         stamp_chunk(result.records, chunk_meta(wall + marks[0] - clock, result.indexes, marks))
     if spec.commit_in_worker and result.records:
         # Records committed here, durably, before the results go back: the coordinator then
         # only counts them, and the fsync waits in this worker instead of in the coordinator.
-        spec.state.store().put_columns(item_keys(spec.key_prefix, result.indexes), result.records)
+        keys = item_keys(spec.key_prefix, kept)
+        if runs and isinstance(store, Store):
+            store.put_runs(spec.key_prefix, runs, keys, result.records)
+        else:
+            spec.state.store().put_columns(keys, result.records)
         result.records, result.committed = [], True
+
+
+def _runs(result: ChunkResult, rows: list[tuple[Any, Any, Any]], sub_type: str,
+          ) -> tuple[list[tuple[int, int, bytes]], Sequence[int]]:
+    """The runs of a chunk whose plain results the item loop kept in ``rows`` (their records
+    ``_IN_RUN``), and the indexes of the records left in ``result.records``: each stretch of at
+    least ``_RUN_MIN`` such items in a row goes in runs, the others get a record each, and so does
+    the chunk's last item (its record keeps the chunk's timings)."""
+    records, indexes = result.records, result.indexes
+    build = item_records(sub_type)
+    runs: list[tuple[int, int, bytes]] = []
+    kept_records: list[bytes] = []
+    kept: list[int] = []
+    row = 0
+    position, size = 0, len(records)
+    contiguous = type(indexes) is range and indexes.step == 1 and len(indexes) == size
+    while position < size:
+        if records[position]:  # a record of its own
+            kept_records.append(records[position])
+            kept.append(indexes[position])
+            position += 1
+            continue
+        stop = position
+        while stop < size - 1 and not records[stop]:  # the chunk's last item is never in a run
+            stop += 1
+        stretch = rows[row:row + stop - position]
+        if contiguous and len(stretch) >= _RUN_MIN:
+            try:
+                runs.extend(_packed_runs(indexes[position], stretch))
+                row, position = row + len(stretch), stop
+                continue
+            except OverflowError:  # an int past 64 bits: records one by one (see ItemRecords.plain)
+                pass
+        for _, fp, value in rows[row:row + max(stop - position, 1)]:
+            one = build.plain(fp, value)
+            kept_records.append(one if one is not None else _record(build, value, fp, b"", None)[1])
+            kept.append(indexes[position])
+            row, position = row + 1, position + 1
+    result.records = kept_records
+    return runs, kept
+
+
+def _packed_runs(first: int, rows: list[tuple[Any, Any, Any]]) -> list[tuple[int, int, bytes]]:
+    """The runs of the records ``rows`` of items ``first``, ``first + 1``... (see _store._runs)."""
+    runs = []
+    for start in range(0, len(rows), RUN_MAX):
+        part = rows[start:start + RUN_MAX]
+        packed = _pack_rows(part)
+        runs.append((first + start, len(part), packed[_array_header_size(len(part)):]))
+    return runs
+
+
+def _array_header_size(count: int) -> int:
+    """The size of the msgpack array header of ``count`` elements."""
+    return 1 if count < 16 else 3 if count < 65536 else 5
+
+
+_pack_rows = msgpack.Packer(use_bin_type=True).pack
+_IN_RUN = b""  # the record of an item kept for a run (see _runs); no record is empty
+_RUN_MIN = 16  # fewer items than this: a record each
 
 
 def _run_many(spec: MapSpec, indexes: Sequence[int], result: ChunkResult, slot: SlotWriter | None,
@@ -254,18 +327,21 @@ def _run_any_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
 
 
 def _run_plain_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
-                     slot: SlotWriter | None, marks: list[float]) -> dict[str, Any] | None:
+                     slot: SlotWriter | None, marks: list[float],
+                     rows: list[tuple[Any, Any, Any]] | None = None) -> dict[str, Any] | None:
     """``_run_any_items`` for the common case (default serdes, default item names), with
     ``run_item``'s work inlined: this loop is most of a tiny item's cost. One clock read per item
     (an item starts when the one before it ended); a plain result (int, str...) is packed with its
-    record in one call."""
+    record in one call, or, given ``rows``, kept there (its record ``_IN_RUN``) to be packed with
+    the chunk's others (see ``_runs``)."""
     records, values, errors = result.records, result.values, result.errors
     state, func, inputs, base, limit = spec.state, spec.func, spec.inputs, spec.path, spec.worker_memory_limit
     make_context, fingerprints = spec.context, spec.fingerprints
     build = item_records(spec.sub_type)
-    plain = build.plain
+    plain, code = build.plain, compact_code(spec.sub_type)
     pack = new_packer().pack  # this loop's own: packing never re-enters it
-    error: dict[str, Any] | None
+    keep = rows.append if rows is not None and code is not None else None
+    record: bytes | None
     # Only items of a millisecond or more are measured for memory: tiny items skip the call.
     memory, monotonic, measure = _memory._item_memory, time.monotonic, _memory.MEASURE_SECONDS
     mark = marks.append
@@ -281,23 +357,25 @@ def _run_plain_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
               ) if fingerprints else None
         try:
             value = func(make_context(state, (*base, index)), item, index, inputs)
-            record = plain(fp, value)
-            payload = pack(value) if record is None else b""
+            if keep is not None and type(value) in _SELF_DECODING:
+                keep((code, fp, value))
+                record, payload = _IN_RUN, b""
+            else:
+                record = plain(fp, value)
+                payload = pack(value) if record is None else b""
         except (ExecutionError, InvocationError) as exc:
             return _fatal(exc, index)
-        except Exception as exc:
-            value, record, error = _item_failed(spec, index, exc, _meta(fp, note_peak(None, limit)))
-            errors[len(records)] = error
-            ended = monotonic()
-        except EXITS as exc:
-            if is_real_interrupt(exc):
+        except _ITEM_ERRORS as exc:
+            if not isinstance(exc, Exception) and is_real_interrupt(exc):
                 raise
-            value, record, error = _item_exited(spec, index, None, exc, _meta(fp, note_peak(None, limit)))
+            value, record, error = _item_broke(spec, index, exc, _meta(fp, note_peak(None, limit)))
             errors[len(records)] = error
             ended = monotonic()
         else:
             ended = monotonic()  # this item's end is the next one's start (read again after work)
             if memory is not None and ended - started >= measure:
+                if record is _IN_RUN:
+                    rows.pop()  # type: ignore[union-attr]  # kept above: this item's record has its memory
                 value, record = _record(build, value, fp, payload, _measured(memory, slot, started, limit))
                 ended = monotonic()
             elif record is None:
@@ -356,6 +434,17 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # ints that are their own fingerpr
 # Values the default serdes gives back unchanged, type included: no need to decode what was encoded.
 _SELF_DECODING = frozenset((int, float, str, bool, type(None)))
 _E = TypeVar("_E", bound=BaseException)
+
+
+_ITEM_ERRORS = (Exception, *EXITS)
+
+
+def _item_broke(spec: MapSpec, index: int, exc: BaseException,
+                meta: dict[str, Any] | None) -> tuple[None, bytes, dict[str, Any]]:
+    """The FAILED record of an item that raised (``_item_failed``) or exited (``_item_exited``)."""
+    if isinstance(exc, Exception):
+        return _item_failed(spec, index, exc, meta)
+    return _item_exited(spec, index, None, exc, meta)
 
 
 def _item_failed(spec: MapSpec, index: int, exc: Exception,

@@ -1,7 +1,7 @@
 """The store: durablemap's records in one LMDB environment in a directory. It knows nothing of maps.
 
     Store.open(dir) ──> _env.SharedEnv (one per directory and process) ──> lmdb.Environment
-        get / put / put_many / put_columns / scan / scan_children                    records db
+        get / put / put_many / put_columns / put_runs / scan / scan_children         records db
         delete_prefix / count_prefix
         index_put / index_get / index_scan / index_delete                            index db
         acquire_lock / release_lock / lock_holder / break_lock                       locks db
@@ -21,7 +21,7 @@ import struct
 import sys
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from itertools import islice
+from itertools import chain, islice
 from operator import countOf, itemgetter
 from pathlib import Path
 from typing import Any, cast
@@ -40,6 +40,7 @@ from durablemap._store._keys import (
     parse_path,
     path_str,
 )
+from durablemap._store._runs import RUN_MAX, expand, parse_run, run_key, split_run
 
 __all__ = [
     "DEFAULT_MAP_SIZE",
@@ -324,8 +325,42 @@ class Store(_SideTables):
         if _commit_hook is not None:
             _commit_hook(list(zip(keys, values, strict=True)))
 
+    def put_runs(self, map_key: bytes, runs: Sequence[tuple[int, int, bytes]], keys: Sequence[bytes],
+                 values: Sequence[bytes]) -> None:
+        """Store ``runs``, each ``(first index, count, records)``: the records of ``count`` items of
+        the map ``map_key`` from ``first`` on, concatenated (see ``_runs``), and ``values[i]`` under
+        ``keys[i]``, in one durable transaction. A run whose items (or anything under them) already
+        have records, or that another run covers, is written as one record per item instead."""
+        if len(keys) != len(values):
+            raise StoreError(f"store {self.path}: put_runs got {len(keys)} keys but {len(values)} values; "
+                             "pass one value per key")
+        for first, count, _ in runs:
+            if not 0 < count <= RUN_MAX:
+                raise StoreError(f"store {self.path}: a run of {count} items (from item {first}); runs hold "
+                                 f"1 to {RUN_MAX} items")
+        db = self._db(b"records")
+
+        def work(txn: Any) -> list[tuple[bytes, bytes]]:
+            cursor = txn.cursor(db=db)
+            pairs: list[tuple[bytes, bytes]] = []
+            for first, count, data in runs:
+                first_key = map_key + first.to_bytes(COMPONENT_SIZE, "big")
+                if _free_for_run(cursor, map_key, first, count):
+                    pairs.append((run_key(first_key, count), data))
+                else:
+                    records = split_run(data, count, first_key)
+                    pairs.extend(zip(_child_keys(map_key, first, count), records, strict=True))
+            pairs.extend(zip(keys, values, strict=True))
+            cursor.putmulti(pairs)
+            return pairs
+
+        written = self._transact("put_runs", work, write=True)
+        if _commit_hook is not None:
+            _commit_hook(list(expand(sorted(written))))
+
     def scan(self, prefix: bytes) -> Generator[tuple[bytes, bytes], None, None]:
-        """Every record whose key starts with ``prefix``, in key order, from one consistent snapshot.
+        """Every record whose key starts with ``prefix``, in key order, from one consistent snapshot
+        (a run's items each as its own record: see ``_runs``).
 
         Keys and values are fresh ``bytes``. The read transaction stays open until the iterator is
         exhausted or closed: finish (or ``close()``) it before writing from the same thread, since a
@@ -336,39 +371,16 @@ class Store(_SideTables):
             cursor = txn.cursor(db=db)
             if not cursor.set_range(prefix):
                 return
-            for key, value in cursor.iternext():
-                if not key.startswith(prefix):
-                    return
-                yield key, value
+            yield from expand(_while_prefixed(cursor.iternext(), prefix))
 
     def scan_children(self, prefix_key: bytes) -> Generator[tuple[int, bytes, bytes], None, None]:
-        """The direct children of ``prefix_key`` as ``(index, key, value)``, in index order.
-
-        Deeper descendants are skipped with one seek per child that has any: a child's descendants
-        are contiguous after it, so the next child starts at ``prefix_key + (index + 1)``. Same
-        transaction lifetime as ``scan``.
-        """
-        shared, db = self._env(), self._db(b"records")
+        """The direct children of ``prefix_key`` as ``(index, key, value)``, in index order. Same
+        transaction lifetime as ``scan``."""
         base = len(prefix_key)
         child_len = base + COMPONENT_SIZE
-        with shared.read_txn("scan_children") as txn:
-            cursor = txn.cursor(db=db)
-            seek = prefix_key
-            while cursor.set_range(seek):
-                for key, value in cursor.iternext():
-                    if not key.startswith(prefix_key):
-                        return
-                    if len(key) == child_len:
-                        yield int.from_bytes(key[base:], "big"), key, value
-                    elif len(key) > child_len:
-                        index = int.from_bytes(key[base:child_len], "big")
-                        if index == MAX_COMPONENT:
-                            return
-                        seek = prefix_key + (index + 1).to_bytes(COMPONENT_SIZE, "big")
-                        break
-                    # shorter keys: the parent record itself; nothing to yield
-                else:
-                    return
+        for key, value in self.scan(prefix_key):
+            if len(key) == child_len:
+                yield int.from_bytes(key[base:], "big"), key, value
 
     def children_columns(self, prefix_key: bytes, start: int = 0,
                          limit: int | None = None) -> tuple[list[int], list[bytes]]:
@@ -386,7 +398,10 @@ class Store(_SideTables):
         with self._env().read_txn("children_columns") as txn:
             cursor = txn.cursor(db=self._db(b"records"))
             seek = prefix_key + start.to_bytes(COMPONENT_SIZE, "big") if start else prefix_key
-            if not cursor.set_range(seek):
+            found = cursor.set_range(seek)
+            if start and _back_to_run(cursor, prefix_key, start, found):
+                found = True  # the cursor is on a run that holds item ``start``
+            elif not found:
                 return indexes, values
             if cursor.key() == prefix_key and not cursor.next():
                 return indexes, values
@@ -398,12 +413,16 @@ class Store(_SideTables):
                     indexes.extend(map(itemgetter(0), map(index_of, keys)))
                     values.extend(map(itemgetter(1), batch))
                     continue
-                for key, value in batch:
-                    if not key.startswith(prefix_key):
-                        return indexes, values
+                # Runs, or operations inside items: each record on its own from here on.
+                for key, value in expand(_while_prefixed(chain(batch, pairs), prefix_key)):
                     if len(key) == child_len:  # longer keys: operations inside an item
-                        indexes.append(index_of(key)[0])
-                        values.append(value)
+                        index = index_of(key)[0]
+                        if index >= start:
+                            indexes.append(index)
+                            values.append(value)
+                            if len(indexes) >= wanted:
+                                break
+                break
         return indexes, values
 
     def release_read_pages(self) -> None:
@@ -438,27 +457,58 @@ class Store(_SideTables):
         return cast(int, self._transact("delete_prefix", work, write=True))
 
     def count_prefix(self, prefix: bytes) -> int:
-        """How many records have keys starting with ``prefix``."""
-        db = self._db(b"records")
-
-        def work(txn: Any) -> int:
-            if not prefix:
-                return cast(int, txn.stat(db)["entries"])
-            cursor = txn.cursor(db=db)
-            if not cursor.set_range(prefix):
-                return 0
-            count = 0
-            for key in cursor.iternext(keys=True, values=False):
-                if not key.startswith(prefix):
-                    break
-                count += 1
-            return count
-
-        return cast(int, self._transact("count_prefix", work, write=False))
+        """How many records have keys starting with ``prefix`` (a run's items counted one by one)."""
+        return sum(1 for _ in self.scan(prefix))
 
 
 _MADV_DONTNEED = 4
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _while_prefixed(pairs: Iterator[tuple[bytes, bytes]], prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    for pair in pairs:
+        if not pair[0].startswith(prefix):
+            return
+        yield pair
+
+
+def _child_keys(map_key: bytes, first: int, count: int) -> list[bytes]:
+    return [map_key + index.to_bytes(COMPONENT_SIZE, "big") for index in range(first, first + count)]
+
+
+def _free_for_run(cursor: Any, map_key: bytes, first: int, count: int) -> bool:
+    """Whether no record lies where a run of items ``first`` to ``first + count - 1`` of map
+    ``map_key`` would be (their keys, anything under them, another run over any of them)."""
+    end_key = map_key + (first + count).to_bytes(COMPONENT_SIZE, "big")
+    found = cursor.set_range(map_key + first.to_bytes(COMPONENT_SIZE, "big"))
+    if found and cursor.key() < end_key:
+        return False
+    return not _back_to_run(cursor, map_key, first, found)
+
+
+def _back_to_run(cursor: Any, map_key: bytes, index: int, found: bool) -> bool:
+    """From the cursor's place (the first key at or after item ``index``'s; ``found``: whether
+    there is one), look back for a run of map ``map_key`` that holds item ``index``: True with the
+    cursor on it, else False with the cursor back where it was. A run holds at most ``RUN_MAX``
+    items, so the look stops at items ``RUN_MAX`` or more before ``index``."""
+    home = cursor.key() if found else None
+    base = len(map_key)
+    moved = cursor.prev() if found else cursor.last()
+    while moved:
+        key = cursor.key()
+        if not key.startswith(map_key) or len(key) < base + COMPONENT_SIZE:
+            break
+        run = parse_run(key)
+        if run is not None and run[0] == map_key:
+            if run[1] <= index < run[1] + run[2]:
+                return True
+            break  # runs do not overlap: an earlier one ends before this one
+        if int.from_bytes(key[base:base + COMPONENT_SIZE], "big") + RUN_MAX <= index:
+            break
+        moved = cursor.prev()
+    if home is not None:
+        cursor.set_key(home)
+    return False
 
 
 def _file_mappings(path: str) -> list[tuple[int, int]]:

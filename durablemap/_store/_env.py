@@ -364,6 +364,8 @@ def _initialise(shared: SharedEnv, txn: Any) -> None:
         shared.dbs[name] = shared.env.open_db(name, txn=txn, create=True)
     if not existing:
         txn.put(b"magic", MAGIC, db=shared.dbs[b"meta"])
+    if txn.get(b"format", db=shared.dbs[b"meta"]) != FORMAT_VERSION.to_bytes(4, "big"):
+        # New, or of an older format that this version may now write newer records into.
         txn.put(b"format", FORMAT_VERSION.to_bytes(4, "big"), db=shared.dbs[b"meta"])
 
 

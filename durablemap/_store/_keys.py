@@ -38,8 +38,9 @@ COMPONENT_SIZE = 4
 MAX_COMPONENT = 2**32 - 1
 MAX_KEY_SIZE = 511  # LMDB's compiled-in limit (mdb_env_get_maxkeysize)
 #: The version of the key layout and record format a store holds (its meta ``b"format"`` entry);
-#: raise it when either changes in a way an older durablemap cannot read.
-FORMAT_VERSION = 1
+#: raise it when either changes in a way an older durablemap cannot read. 2: runs of item records
+#: (``_runs``); a store of format 1 is read as it is, and becomes 2 when opened to write.
+FORMAT_VERSION = 2
 _component = struct.Struct(">I").pack
 
 
