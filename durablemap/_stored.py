@@ -1,7 +1,7 @@
 """A map's items read from the store a page at a time: the batches that a resume and a replay
 decode, and the items of a large map's `BatchResult`, which are never all in memory at once.
 
-    store.children_columns(map key, start, PAGE) ──> record_batches: (indexes, decoded fields)
+    store.children_data(map key, start, PAGE) ──> record_batches: (indexes, decoded fields)
                                                         │
             StoredItems (a Sequence of BatchItem) <─────┘  pages of PAGE indexes, the last one kept
 
@@ -58,19 +58,27 @@ def record_batches(store: RecordStore, map_key: bytes, op_id: str, start: int = 
     unpacker = new_unpacker()
     while stop is None or start < stop:
         wanted = PAGE if stop is None else min(PAGE, stop - start)
-        indexes, raws = store.children_columns(map_key, start, wanted)
+        if isinstance(store, Store):  # runs of records come joined as they are stored
+            indexes, data = store.children_data(map_key, start, wanted)
+        else:
+            indexes, raws = store.children_columns(map_key, start, wanted)
+            data = b"".join(raws)
+            del raws
         full = len(indexes) == wanted
-        if stop is not None and indexes and indexes[-1] >= stop:
-            cut = bisect.bisect_left(indexes, stop)
-            del indexes[cut:], raws[cut:]
-            full = False
         if not indexes:
             return
-        unpacker.feed(b"".join(raws))
-        del raws
+        unpacker.feed(data)
+        del data
         if isinstance(store, Store):
             store.release_read_pages()  # what was read is in the unpacker: see the method
-        yield indexes, _decoded(unpacker, len(indexes), op_id)
+        records = _decoded(unpacker, len(indexes), op_id)
+        if stop is not None and indexes[-1] >= stop:
+            cut = bisect.bisect_left(indexes, stop)
+            del indexes[cut:], records[cut:]
+            full = False
+            if not indexes:
+                return
+        yield indexes, records
         if not full:
             return
         start = indexes[-1] + 1

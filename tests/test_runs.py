@@ -20,6 +20,7 @@ from durablemap._records import item_key, op_key
 from durablemap._store import Store
 from durablemap._store._runs import RUN_MAX, parse_run, run_key, split_run
 from durablemap.store import StoreReader
+from durablemap.testing import crash_test
 
 MAP = op_key("e", (1,))
 STEP = (7).to_bytes(4, "big")  # an operation inside an item
@@ -77,6 +78,8 @@ def test_readers_see_a_runs_items_each_as_its_own_record(store_dir: Path) -> Non
         assert store.children_columns(MAP, 1, 2) == ([1, 2], [record(["a", 1]), record(["a", 2])])
         assert store.children_columns(MAP, 6) == ([6], [record(["b", 6])])
         assert store.children_columns(MAP, 7) == ([], [])
+        assert store.children_data(MAP) == ([i for i, _ in expected], b"".join(v for _, v in expected))
+        assert store.children_data(MAP, 1, 4) == ([1, 2, 3, 5], b"".join(v for _, v in expected[1:5]))
         assert store.count_prefix(MAP) == 7
     assert len(raw_keys(store_dir)) == 4  # the map, two runs, item 3
 
@@ -135,6 +138,8 @@ def test_any_mix_of_runs_and_records_reads_as_the_last_write_of_each_item(
         assert store.children_columns(MAP) == (indexes, [value for _, value in children])
         page = [(i, v) for i, (_, v) in zip(indexes, children, strict=True) if i >= start][:limit]
         assert store.children_columns(MAP, start, limit) == ([i for i, _ in page], [v for _, v in page])
+        assert store.children_data(MAP) == (indexes, b"".join(value for _, value in children))
+        assert store.children_data(MAP, start, limit) == ([i for i, _ in page], b"".join(v for _, v in page))
         assert store.count_prefix(MAP) == len(expected)
 
 
@@ -177,3 +182,12 @@ def test_a_chunk_with_a_result_that_is_not_plain_stores_each_item_on_its_own(sto
     with StoreReader.open(store_dir) as reader:
         results = {item.index: item.result for item in reader.items("x", "1")}
     assert results == {x: {"big": x} if x % 1000 == 999 else f"item {x}" for x in range(n)}
+
+
+def test_a_job_killed_right_after_a_run_commits_resumes_without_running_its_items_again() -> None:
+    # The 1,000th item record to commit is inside a run: the job is SIGKILLed as that commit
+    # returns, and the resume must find every item of the run recorded (none runs twice).
+    report = crash_test("tests.test_runs:squares", {"n": 3000}, after=1000, kill="job", workers=2)
+    assert report.crashed
+    assert report.resumed_result == [3000, sum(i * i for i in range(3000))]
+    assert report.ran_twice == {}

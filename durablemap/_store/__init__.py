@@ -15,6 +15,7 @@ All failures surface as ``StoreError`` (or ``ExecutionLockedError``), each namin
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import os
 import struct
@@ -425,6 +426,29 @@ class Store(_SideTables):
                 break
         return indexes, values
 
+    def children_data(self, prefix_key: bytes, start: int = 0, limit: int | None = None) -> tuple[list[int], bytes]:
+        """``children_columns`` with the values joined: the records of the direct children of
+        ``prefix_key`` from index ``start`` on (at most ``limit``), concatenated, and their indexes.
+        A run's records are taken as they are stored, already concatenated (the replay of a map of
+        tiny items: no Python code per record)."""
+        wanted = limit if limit is not None else MAX_COMPONENT + 1
+        with self._env().read_txn("children_data") as txn:
+            cursor = txn.cursor(db=self._db(b"records"))
+            taken = _Taken(prefix_key, start, wanted)
+            seek = prefix_key + start.to_bytes(COMPONENT_SIZE, "big") if start else prefix_key
+            found = cursor.set_range(seek)
+            if start and _back_to_run(cursor, prefix_key, start, found):
+                found = True
+            if found and (cursor.key() != prefix_key or cursor.next()):
+                taken.read(cursor.iternext())
+        if taken.restart is not None:
+            # One record at a time from ``restart`` on, after what was taken before it.
+            cut = taken.cut(taken.restart)
+            more, values = self.children_columns(prefix_key, taken.restart, wanted - cut)
+            taken.indexes.extend(more)
+            taken.pieces.extend(values)
+        return taken.indexes, b"".join(taken.pieces)
+
     def release_read_pages(self) -> None:
         """Unmap the pages of the store file that this process has read (Linux; elsewhere nothing).
 
@@ -463,6 +487,73 @@ class Store(_SideTables):
 
 _MADV_DONTNEED = 4
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+class _Taken:
+    """What ``Store.children_data`` takes from the cursor: indexes, and pieces of records (a record,
+    a run's records, or a batch of records) with where each piece starts in the indexes."""
+
+    def __init__(self, prefix_key: bytes, start: int, wanted: int) -> None:
+        self.prefix_key, self.start, self.wanted = prefix_key, start, wanted
+        self.indexes: list[int] = []
+        self.pieces: list[bytes] = []
+        self.firsts: list[int] = []
+        self.last_run = (-1, 0)  # the first index and the end of the last run taken
+        #: Where to read on one record at a time: an item's own record inside a run taken (it wins
+        #: over the run's), or a run of which only a part is wanted.
+        self.restart: int | None = None
+
+    def read(self, pairs: Iterator[tuple[bytes, bytes]]) -> None:
+        prefix_key, indexes = self.prefix_key, self.indexes
+        child_len = len(prefix_key) + COMPONENT_SIZE
+        index_of = struct.Struct(f">{len(prefix_key)}xI").unpack_from
+        while self.restart is None and len(indexes) < self.wanted:
+            batch = list(islice(pairs, min(4096, self.wanted - len(indexes))))
+            if not batch:
+                return
+            keys = list(map(itemgetter(0), batch))
+            if (keys[-1].startswith(prefix_key) and countOf(map(len, keys), child_len) == len(keys)
+                    and index_of(keys[0])[0] >= self.last_run[1]):
+                self.firsts.append(len(indexes))
+                indexes.extend(map(itemgetter(0), map(index_of, keys)))
+                self.pieces.append(b"".join(map(itemgetter(1), batch)))
+                continue
+            for key, value in batch:
+                if not key.startswith(prefix_key):
+                    return
+                if len(key) == child_len:
+                    self.item(index_of(key)[0], value)
+                elif (run := parse_run(key)) is not None and run[0] == prefix_key:
+                    self.run(run[1], run[2], value)
+                if self.restart is not None or len(indexes) >= self.wanted:
+                    return
+
+    def item(self, index: int, value: bytes) -> None:
+        if index < self.last_run[1]:
+            self.restart = self.last_run[0]
+            return
+        self.firsts.append(len(self.indexes))
+        self.indexes.append(index)
+        self.pieces.append(value)
+
+    def run(self, first: int, count: int, value: bytes) -> None:
+        indexes = self.indexes
+        if (indexes and indexes[-1] >= first) or first < self.start or len(indexes) + count > self.wanted:
+            self.restart = max(first, self.start)
+            return
+        self.firsts.append(len(indexes))
+        indexes.extend(range(first, first + count))
+        self.pieces.append(value)
+        self.last_run = (first, first + count)
+
+    def cut(self, index: int) -> int:
+        """Drop what was taken from ``index`` on; how many indexes are left."""
+        cut = bisect.bisect_left(self.indexes, index)
+        while self.firsts and self.firsts[-1] >= cut:
+            self.firsts.pop()
+            self.pieces.pop()
+        del self.indexes[cut:]
+        return cut
 
 
 def _while_prefixed(pairs: Iterator[tuple[bytes, bytes]], prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
