@@ -162,7 +162,7 @@ def _run_child(case: str, n: int, workers: int, store: str, phase: str, timeout:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-HEADER = (f"{'case':<8}{'N':>13}{'workers':>8}{'phase':>8}{'seconds':>9}{'items/s':>11}"
+HEADER = (f"{'case':<8}{'N':>13}{'workers':>8}{'phase':>8}{'seconds':>9}{'items/s':>13}"
           f"{'coord peak MiB':>16}{'workers peak MiB':>18}{'store MiB':>11}")
 
 
@@ -170,7 +170,7 @@ def _format(row: dict[str, Any]) -> str:
     head = f"{row['case']:<8}{row['n']:>13,}{row['workers']:>8}{row['phase']:>8}"
     if "error" in row:
         return f"{head}  failed: {row['error']}"
-    return (f"{head}{row['seconds']:9.1f}{row['n'] / row['seconds']:11,.0f}{row['coordinator_peak'] / MIB:16,.0f}"
+    return (f"{head}{row['seconds']:9.1f}{row['n'] / row['seconds']:13,.0f}{row['coordinator_peak'] / MIB:16,.0f}"
             f"{row['workers_peak'] / MIB:18,.0f}{row['store_bytes'] / MIB:11,.0f}")
 
 

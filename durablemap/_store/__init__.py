@@ -407,12 +407,14 @@ class Store(_SideTables):
             if cursor.key() == prefix_key and not cursor.next():
                 return indexes, values
             pairs = cursor.iternext()
-            while len(indexes) < wanted and (batch := list(islice(pairs, min(4096, wanted - len(indexes))))):
+            size = _FIRST_BATCH  # keys read at once (see _FIRST_BATCH)
+            while len(indexes) < wanted and (batch := list(islice(pairs, min(size, wanted - len(indexes))))):
                 keys = list(map(itemgetter(0), batch))
                 # Keys between two keys with the prefix have it too: the last one tells for all.
                 if keys[-1].startswith(prefix_key) and countOf(map(len, keys), child_len) == len(keys):
                     indexes.extend(map(itemgetter(0), map(index_of, keys)))
                     values.extend(map(itemgetter(1), batch))
+                    size = min(size * 8, 4096)
                     continue
                 # Runs, or operations inside items: each record on its own from here on.
                 for key, value in expand(_while_prefixed(chain(batch, pairs), prefix_key)):
@@ -507,8 +509,9 @@ class _Taken:
         prefix_key, indexes = self.prefix_key, self.indexes
         child_len = len(prefix_key) + COMPONENT_SIZE
         index_of = struct.Struct(f">{len(prefix_key)}xI").unpack_from
+        size = _FIRST_BATCH
         while self.restart is None and len(indexes) < self.wanted:
-            batch = list(islice(pairs, min(4096, self.wanted - len(indexes))))
+            batch = list(islice(pairs, min(size, self.wanted - len(indexes))))
             if not batch:
                 return
             keys = list(map(itemgetter(0), batch))
@@ -517,7 +520,9 @@ class _Taken:
                 self.firsts.append(len(indexes))
                 indexes.extend(map(itemgetter(0), map(index_of, keys)))
                 self.pieces.append(b"".join(map(itemgetter(1), batch)))
+                size = min(size * 8, 4096)
                 continue
+            size = _FIRST_BATCH
             for key, value in batch:
                 if not key.startswith(prefix_key):
                     return
@@ -554,6 +559,11 @@ class _Taken:
             self.pieces.pop()
         del self.indexes[cut:]
         return cut
+
+
+#: Keys read at once at first, growing while each is one record: a key may be a run of thousands
+#: of records, and a page of items wants only so many (4,096 runs would be 128 MiB of values).
+_FIRST_BATCH = 8
 
 
 def _while_prefixed(pairs: Iterator[tuple[bytes, bytes]], prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
