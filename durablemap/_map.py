@@ -362,7 +362,7 @@ def replay_batch(source: Any, path: tuple[int, ...], record: Record, serdes: Any
                                      started=started, succeeded=succeeded, failed=failed)
     items: list[BatchItem[Any]] = []
     key, skip = op_key(source.execution_id, path), frozenset(started)
-    with paused():  # a million new records and items would otherwise set off full collections over them
+    with paused(promote=True):  # a million new records and items would otherwise set off full collections over them
         for indexes, records in _stored.record_batches(store, key, op_id, 0, inputs):
             items += _stored.batch_items(indexes, records, skip, item_serdes, op_id, source.execution_id)
     if started:
