@@ -9,7 +9,8 @@ from __future__ import annotations
 import inspect
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from operator import countOf, itemgetter
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from durablemap import _stored
@@ -38,7 +39,9 @@ from durablemap._records import (
     RecordWriter,
     Status,
     SubType,
+    all_compact,
     as_record,
+    compact_code,
     item_outcome,
 )
 from durablemap._step import operation_name
@@ -286,52 +289,69 @@ def _read_prior(state: Any, path: tuple[int, ...], inputs: Sequence[Any], item_s
     statuses. An item whose input changed since its outcome was recorded raises
     NonDeterministicExecutionError, or with ``recompute`` runs again."""
     prior = Prior(done=bytearray(len(inputs)) if lazy else None)
-    done = prior.done
     op_id = path_str(path)
-    n = len(inputs)
     changed: list[int] = []
-    for index, record, outcome in _item_records(state, path, item_serdes):
-        if index >= n:
-            continue  # the inputs shrank: items past the end are not part of this run
-        status, meta = record.status, record.meta
-        check_identity(record, (*path, index), Kind.CONTEXT, sub_type,
-                       names[index] if names is not None else record.name)
-        recorded_fp = meta.get("fp") if meta else None
-        if status in _DONE and recorded_fp is not None and recorded_fp != fingerprint(inputs[index]):
-            changed.append(index)
+    code = compact_code(sub_type) if names is None else None
+    for indexes, records in _stored.record_batches(state.store(), op_key(state.execution_id, path), op_id):
+        if code is not None and all_compact(records) and countOf(map(itemgetter(0), records), code) == len(records):
+            _compact_prior(prior, indexes, records, inputs, changed)
             continue
-        if outcome is not None and (status == Status.SUCCEEDED or not state.retry_failed):
-            if done is not None:
-                done[index] = SUCCEEDED if outcome[0] == BatchItemStatus.SUCCEEDED else FAILED
-            else:
-                prior.items[index] = BatchItem(index, *outcome)
-        elif outcome is not None:  # a FAILED item run again (retry_failed): its record is stale
-            prior.stale[index] = record
-        elif status == Status.STARTED:
-            prior.crashes[index] = int((meta or {}).get("crashes", 0))
+        for index, fields in zip(indexes, records, strict=True):
+            _one_prior(state, prior, path, index, fields, inputs, item_serdes, names, sub_type, changed)
     if changed and not recompute:
         shown = ", ".join(map(str, changed[:5])) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
         raise _drift(op_id, None, f"the inputs of items {shown} changed since their results were recorded")
     return prior
 
 
+def _compact_prior(prior: Prior, indexes: list[int], records: list[list[Any]], inputs: Sequence[Any],
+                   changed: list[int]) -> None:
+    """``_one_prior`` for a batch of compact records of this map's sub-type (SUCCEEDED, default
+    names and serdes: nothing to check of their identity): only their inputs' fingerprints."""
+    n, done, items = len(inputs), prior.done, prior.items
+    for index, fields in zip(indexes, records, strict=True):
+        if index >= n:
+            return  # the inputs shrank: items past the end are not part of this run
+        fp = fields[1]
+        if type(fp) is dict:
+            fp = fp.get("fp")
+        if fp is not None and fp != fingerprint(inputs[index]):
+            changed.append(index)
+        elif done is not None:
+            done[index] = SUCCEEDED
+        else:
+            items[index] = BatchItem(index, BatchItemStatus.SUCCEEDED, fields[2], None)
+
+
+def _one_prior(state: Any, prior: Prior, path: tuple[int, ...], index: int, fields: list[Any],
+               inputs: Sequence[Any], item_serdes: Any, names: Sequence[str | None] | None, sub_type: str,
+               changed: list[int]) -> None:
+    """What the item record ``fields`` of item ``index`` tells a resume: a finished outcome, a stale
+    FAILED record (retry_failed), a crash count, or drift (``changed``)."""
+    done, n = prior.done, len(inputs)
+    if index >= n:
+        return  # the inputs shrank: items past the end are not part of this run
+    outcome = item_outcome(fields, item_serdes, index, path_str(path), state.execution_id)
+    record = as_record(fields)
+    status, meta = record.status, record.meta
+    check_identity(record, (*path, index), Kind.CONTEXT, sub_type,
+                   names[index] if names is not None else record.name)
+    recorded_fp = meta.get("fp") if meta else None
+    if status in _DONE and recorded_fp is not None and recorded_fp != fingerprint(inputs[index]):
+        changed.append(index)
+        return
+    if outcome is not None and (status == Status.SUCCEEDED or not state.retry_failed):
+        if done is not None:
+            done[index] = SUCCEEDED if outcome[0] == BatchItemStatus.SUCCEEDED else FAILED
+        else:
+            prior.items[index] = BatchItem(index, *outcome)
+    elif outcome is not None:  # a FAILED item run again (retry_failed): its record is stale
+        prior.stale[index] = record
+    elif status == Status.STARTED:
+        prior.crashes[index] = int((meta or {}).get("crashes", 0))
+
+
 _DONE = frozenset((Status.SUCCEEDED, Status.FAILED))
-
-
-def _item_records(state: Any, path: tuple[int, ...], item_serdes: Any,
-                  ) -> Iterator[tuple[int, Record, tuple[BatchItemStatus, Any, ErrorObject | None] | None]]:
-    """Each item record of a map in index order: ``(index, record, outcome)``, the record and
-    ``item_outcome`` of it."""
-    op_id = path_str(path)
-    for index, fields in _raw_item_records(state, path):
-        outcome = item_outcome(fields, item_serdes, index, op_id, state.execution_id)
-        yield index, as_record(fields), outcome
-
-
-def _raw_item_records(state: Any, path: tuple[int, ...]) -> Iterator[tuple[int, list[Any]]]:
-    """``(index, fields)`` of each item record of a map, in index order, read a page at a time."""
-    for indexes, records in _stored.record_batches(state.store(), op_key(state.execution_id, path), path_str(path)):
-        yield from zip(indexes, records, strict=True)
 
 
 def _drift(op_id: str, name: str | None, what: str) -> NonDeterministicExecutionError:
