@@ -331,11 +331,34 @@ def _rewrite_meta(path: Path, key: bytes, value: bytes) -> None:
     env.close()
 
 
+def _read_meta(path: Path, key: bytes) -> bytes | None:
+    env = lmdb.open(str(path), max_dbs=8, readonly=True)
+    try:
+        with env.begin() as txn:
+            value: bytes | None = txn.get(key, db=env.open_db(b"meta", txn=txn, create=False))
+            return value
+    finally:
+        env.close()
+
+
 def test_newer_format_version(tmp_path: Path) -> None:
     Store.open(tmp_path / "s").close()
     _rewrite_meta(tmp_path / "s", b"format", (FORMAT_VERSION + 1).to_bytes(4, "big"))
     with pytest.raises(StoreError, match=r"newer durablemap.*upgrade"):
         Store.open(tmp_path / "s")
+
+
+def test_a_store_of_the_older_format_is_read_and_upgraded_when_written(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "s") as store:
+        store.put(op_key("e", (1, 0)), b"an item's record")
+    _rewrite_meta(tmp_path / "s", b"format", (1).to_bytes(4, "big"))  # before runs (format 2)
+    with Store.open(tmp_path / "s", readonly=True) as reader:
+        assert reader.get(op_key("e", (1, 0))) == b"an item's record"
+    assert _read_meta(tmp_path / "s", b"format") == (1).to_bytes(4, "big")  # reading changes nothing
+    with Store.open(tmp_path / "s") as store:
+        assert list(store.scan_children(op_key("e", (1,)))) == [(0, op_key("e", (1, 0)), b"an item's record")]
+    assert FORMAT_VERSION == 2
+    assert _read_meta(tmp_path / "s", b"format") == FORMAT_VERSION.to_bytes(4, "big")
 
 
 def test_wrong_magic(tmp_path: Path) -> None:
