@@ -420,7 +420,8 @@ class Store(_SideTables):
                 for key, value in expand(_while_prefixed(chain(batch, pairs), prefix_key)):
                     if len(key) == child_len:  # longer keys: operations inside an item
                         index = index_of(key)[0]
-                        if index >= start:
+                        # (a run's item whose own record, newer, was taken in a batch above: skipped)
+                        if index >= start and (not indexes or index > indexes[-1]):
                             indexes.append(index)
                             values.append(value)
                             if len(indexes) >= wanted:
@@ -523,18 +524,34 @@ class _Taken:
                 size = min(size * 8, 4096)
                 continue
             size = _FIRST_BATCH
-            for key, value in batch:
+            rest = iter(batch)
+            for key, value in rest:
                 if not key.startswith(prefix_key):
                     return
                 if len(key) == child_len:
                     self.item(index_of(key)[0], value)
                 elif (run := parse_run(key)) is not None and run[0] == prefix_key:
                     self.run(run[1], run[2], value)
-                if self.restart is not None or len(indexes) >= self.wanted:
+                if self.restart is not None:
+                    return
+                if len(indexes) >= self.wanted:
+                    self.overridden(chain(rest, pairs))
                     return
 
+    def overridden(self, pairs: Iterator[tuple[bytes, bytes]]) -> None:
+        """The page is full: look on past its last run for an item's own record inside it (written
+        after the run, it wins over the run's; the keys of a run's items come after the run's)."""
+        end = min(self.last_run[1], self.indexes[-1] + 1)
+        base = len(self.prefix_key)
+        for key, _ in pairs:
+            if not key.startswith(self.prefix_key) or int.from_bytes(key[base:base + COMPONENT_SIZE], "big") >= end:
+                return
+            if len(key) == base + COMPONENT_SIZE:
+                self.restart = self.last_run[0]
+                return
+
     def item(self, index: int, value: bytes) -> None:
-        if index < self.last_run[1]:
+        if index < self.last_run[1]:  # an item's own record inside the last run taken: it wins
             self.restart = self.last_run[0]
             return
         self.firsts.append(len(self.indexes))
@@ -543,13 +560,14 @@ class _Taken:
 
     def run(self, first: int, count: int, value: bytes) -> None:
         indexes = self.indexes
-        if (indexes and indexes[-1] >= first) or first < self.start or len(indexes) + count > self.wanted:
-            self.restart = max(first, self.start)
-            return
+        skip = max(0, self.start - first)  # a page that starts inside the run
+        if indexes and indexes[-1] >= first + skip:  # its first item's own record, written after it, wins
+            skip = indexes[-1] - first + 1
+        take = max(0, min(count - skip, self.wanted - len(indexes)))  # a page that ends inside it
         self.firsts.append(len(indexes))
-        indexes.extend(range(first, first + count))
-        self.pieces.append(value)
-        self.last_run = (first, first + count)
+        indexes.extend(range(first + skip, first + skip + take))
+        self.pieces.append(value if take == count else b"".join(split_run(value, count)[skip:skip + take]))
+        self.last_run = (first + skip, first + count)
 
     def cut(self, index: int) -> int:
         """Drop what was taken from ``index`` on; how many indexes are left."""
