@@ -126,9 +126,9 @@ class LostItems:
         if not self.spec.commit_in_worker or not indexes:
             return []
         items = []
+        recorded = self._records_of(sorted(set(indexes)))
         for index in indexes:
-            found, raws = self.store.children_columns(self.prefix, index, 1)  # an item's record, or in a run
-            raw = raws[0] if found and found[0] == index else None
+            raw = recorded.get(index)
             if raw is not None and index in self.stale and as_record(decode_raw(raw)) == self.stale[index]:
                 continue
             outcome = None if raw is None else decode_item_outcome(
@@ -136,6 +136,23 @@ class LostItems:
             if outcome is not None:
                 items.append(BatchItem(index, *outcome))
         return items
+
+    def _records_of(self, wanted: list[int]) -> dict[int, bytes]:
+        """The records the store holds of items among ``wanted`` (sorted), whether under their own
+        keys or in runs: one read per stretch of nearby indexes (a lost chunk is thousands of them,
+        and a lookup that lands on a run costs as much as reading the run)."""
+        found: dict[int, bytes] = {}
+        start = 0
+        while start < len(wanted):
+            end = start
+            while end + 1 < len(wanted) and wanted[end + 1] - wanted[end] <= _NEARBY:
+                end += 1
+            low, high = wanted[start], wanted[end]
+            stretch = set(wanted[start:end + 1])
+            indexes, raws = self.store.children_columns(self.prefix, low, high - low + 1)
+            found.update((index, raw) for index, raw in zip(indexes, raws, strict=True) if index in stretch)
+            start = end + 1
+        return found
 
     def _crash_cause(self, error: BaseException) -> tuple[str, str]:
         """How the worker died, and what the user can do about it."""
@@ -160,6 +177,9 @@ class LostItems:
 
     def _name(self, index: int) -> str | None:
         return self.info.names[index] if self.info.names is not None else None
+
+
+_NEARBY = 4096  # lost items this close together are looked up in one read (see LostItems._records_of)
 
 
 def _exit_description(error: BaseException) -> str:

@@ -3,6 +3,7 @@ every reader sees one record per item, the same as if each had been written unde
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -196,3 +197,37 @@ def test_a_job_killed_right_after_a_run_commits_resumes_without_running_its_item
     assert report.crashed
     assert report.resumed_result == [3000, sum(i * i for i in range(3000))]
     assert report.ran_twice == {}
+
+
+def exit_once(ctx: object, x: int, index: int, inputs: object) -> int:
+    marker = Path(os.environ["DURABLEMAP_TEST_MARKER"])
+    if index == 150_000 and not marker.exists():
+        marker.touch()
+        os._exit(3)  # the worker dies part-way through its chunk, once
+    return x * x
+
+
+@durable_execution(progress=False)
+def squares_exiting_once(event: dict[str, int], context: object) -> int:
+    return context.map(range(event["n"]), exit_once, name="squares").success_count  # type: ignore[attr-defined,no-any-return]
+
+
+def test_a_worker_lost_part_way_through_a_large_chunk_is_settled_in_a_few_reads(
+        store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Which of a lost chunk's thousands of items were recorded before the worker died is read a
+    # stretch at a time: a read per item, each landing on a run of 4,096 records, took minutes.
+    monkeypatch.setenv("DURABLEMAP_TEST_MARKER", str(tmp_path / "exited"))
+    reads: list[int] = []
+    children_columns = Store.children_columns
+
+    def counted(self: Store, prefix_key: bytes, start: int = 0, limit: int | None = None) -> tuple[list[int], list[bytes]]:
+        reads.append(start)
+        return children_columns(self, prefix_key, start, limit)
+
+    monkeypatch.setattr(Store, "children_columns", counted)
+    n = 300_000
+    assert squares_exiting_once.run({"n": n}, store=str(store_dir), execution_id="x", workers=2) == n
+    assert (tmp_path / "exited").exists()
+    assert 1 <= len(reads) <= 20
+    with StoreReader.open(store_dir) as reader:
+        assert [item.result for item in reader.items("x", "1")] == [i * i for i in range(n)]
