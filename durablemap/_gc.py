@@ -27,7 +27,8 @@ def paused(*, promote: bool = False) -> Iterator[None]:
     for the 200,000 items of a map's result, right when the map returns) only to find them alive.
     Young garbage cycles made before the block then wait for a full collection, so this is done
     only when the block left at least ``PROMOTE_AT`` new objects, and never when objects are frozen
-    (``gc.get_freeze_count()``): unfreezing them would undo someone's freeze.
+    (``gc.get_freeze_count()``): unfreezing them would undo someone's freeze. Python 3.12 and later
+    freeze objects of their own at start-up, so there this does nothing.
     """
     was_enabled = gc.isenabled()
     gc.disable()
