@@ -37,6 +37,7 @@ from durablemap._store._keys import (
     MAX_COMPONENT,
     decode_key,
     execution_prefix,
+    item_keys,
     op_key,
     parse_path,
     path_str,
@@ -350,7 +351,7 @@ class Store(_SideTables):
                     pairs.append((run_key(first_key, count), data))
                 else:
                     records = split_run(data, count, first_key)
-                    pairs.extend(zip(_child_keys(map_key, first, count), records, strict=True))
+                    pairs.extend(zip(item_keys(map_key, range(first, first + count)), records, strict=True))
             pairs.extend(zip(keys, values, strict=True))
             cursor.putmulti(pairs)
             return pairs
@@ -589,10 +590,6 @@ def _while_prefixed(pairs: Iterator[tuple[bytes, bytes]], prefix: bytes) -> Iter
         if not pair[0].startswith(prefix):
             return
         yield pair
-
-
-def _child_keys(map_key: bytes, first: int, count: int) -> list[bytes]:
-    return [map_key + index.to_bytes(COMPONENT_SIZE, "big") for index in range(first, first + count)]
 
 
 def _free_for_run(cursor: Any, map_key: bytes, first: int, count: int) -> bool:

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 import msgpack
 
 from durablemap._errors import StoreError
-from durablemap._store._keys import COMPONENT_SIZE
+from durablemap._store._keys import COMPONENT_SIZE, item_keys
 
 __all__ = ["RUN_MARK", "RUN_MAX", "RUN_SUFFIX_SIZE", "expand", "parse_run", "run_key", "split_run"]
 
@@ -101,7 +101,7 @@ def expand(pairs: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]
             yield key, value
             continue
         map_key, first, count = run
-        keys = [map_key + i.to_bytes(COMPONENT_SIZE, "big") for i in range(first, first + count)]
+        keys = item_keys(map_key, range(first, first + count))
         records = split_run(value, count, key)
         start = 1 if last_of_size.get(len(keys[0])) == keys[0] else 0  # its first item's own record won
         items = zip(keys[start:], records[start:], strict=True)
