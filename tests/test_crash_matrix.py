@@ -14,7 +14,8 @@ of a worker costs more): ``DURABLEMAP_CRASH_SCALE=15 ... -k dask`` gives them 30
 3. an instant poison storm (every 50th of many tiny items calls os._exit, 2 workers): the job never
    dies of a broken pool, and only the poison items are FAILED;
 4. a random-worker kill storm during a map of short items: no item is FAILED unless it died running
-   max_worker_crashes times (no innocent item), every result is right.
+   max_worker_crashes times (no innocent item; the log may miss one of those deaths, see
+   ``assert_charged_only_when_running``), every result is right.
 
 Then a table of small bad callables (loky's tests/_executor_mixin.py and test_reusable_executor.py
 are the model), each run as one item of a map beside healthy ones: whatever the item does (os._exit,
@@ -115,12 +116,28 @@ def workers_of(parent: int, kind: str) -> list[psutil.Process]:
     return found
 
 
-def assert_charged_only_when_running(result: BatchResult[Any], directory: Path, max_crashes: int) -> None:
+def died_between_items(directory: str | Path, pids: set[int]) -> int:
+    """How many of the workers ``pids`` died between two items by the log: after an item's "e" line,
+    or before any line."""
+    last = {pid: what for what, _, pid in _log_lines(directory)}
+    return sum(1 for pid in pids if last.get(pid) != "s" and not _alive(pid))
+
+
+def assert_charged_only_when_running(result: BatchResult[Any], directory: Path, max_crashes: int,
+                                     workers: set[int] | None = None) -> None:
+    """Every item FAILED by worker crashes died running ``max_crashes`` times by the log.
+
+    With ``workers`` (every worker pid the test saw), one of those deaths may be missing from the
+    log: a worker names its next item in its slot just before the item's code runs, so a worker
+    killed between naming it and the item's "s" line reaching the log died running that item, while
+    the log shows it between two items. Such a death can be charged to that item; the allowance is
+    one per item, and only when some worker did die between items."""
     deaths = died_running(directory)
+    unlogged = 1 if workers is not None and died_between_items(directory, workers) else 0
     for item in result.failed():
         if item.error is None or item.error.type != "durablemap.WorkerCrashedError":
             continue
-        assert deaths[item.index] >= max_crashes, (
+        assert deaths[item.index] + unlogged >= max_crashes, (
             f"item {item.index} FAILED but died running only {deaths[item.index]} times: {item.error.message}")
 
 
@@ -411,6 +428,7 @@ class Storm(threading.Thread):
         self.rng = random.Random(14)
         self.done = threading.Event()
         self.killed: list[int] = []
+        self.seen: set[int] = set()  # every worker pid the storm saw
         self.offset = 0  # how much of the items' log was read
 
     def started_on(self) -> set[int]:
@@ -436,6 +454,7 @@ class Storm(threading.Thread):
                                                or self.done.is_set()):
                     return
                 victims = workers_of(os.getpid(), self.kind)
+                self.seen.update(p.pid for p in victims)
                 known = {p.pid for p in victims} if self.whole is None else set()
                 if victims:
                     self.kill(self.rng.choice(victims))
@@ -470,7 +489,8 @@ def test_a_random_worker_kill_storm_fails_no_innocent_item(tmp_path: Path, where
     assert len(storm.killed) == kills, f"the storm killed {len(storm.killed)} workers of {kills}"
     assert [item.result for item in result.succeeded()] == [
         i for i in range(items) if i not in {f.index for f in result.failed()}]
-    assert_charged_only_when_running(result, tmp_path, 2)
+    seen = storm.seen | {pid for _, _, pid in _log_lines(tmp_path)}
+    assert_charged_only_when_running(result, tmp_path, 2, seen)
 
 
 # -- the table of bad callables ------------------------------------------------------------------
