@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import cloudpickle
@@ -348,7 +348,7 @@ def _run_plain_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
     words, seconds = _item_fields(slot, spec.token, indexes)
     started = monotonic()
     current = item_slot(state)  # the item index logs report (see ExecutionState.item_index)
-    for index, item in zip(indexes, _items_of(inputs, indexes), strict=True):
+    for index, item in zip(indexes, _items_of(inputs, indexes, words, seconds), strict=True):
         seconds[2] = started  # the slot names the item, its start first (see SlotWriter.item_fields)
         words[1] = index
         mark(started)
@@ -401,12 +401,25 @@ def _item_fields(slot: SlotWriter | None, token: int,
     return slot.item_fields()
 
 
-def _items_of(inputs: Sequence[Any], indexes: Sequence[int]) -> Iterable[Any]:
-    """The chunk's items: a run of a list, tuple, range or item file sliced at once, else read one
-    by one as the loop reaches them."""
+def _items_of(inputs: Sequence[Any], indexes: Sequence[int], words: memoryview[int],
+              seconds: memoryview[float]) -> Iterable[Any]:
+    """The chunk's items: a run of a list, tuple, range or item file sliced at once (its first item
+    named in the slot already), else read one by one as the loop reaches them, each named in the
+    slot before it is read: reading an item's input is part of running it (a lazy sequence's read
+    that kills the worker is charged to that item, not to the one before it)."""
     if type(indexes) is range and indexes.step == 1 and type(inputs) in _SLICEABLE:
         return inputs[indexes.start:indexes.stop]
-    return map(inputs.__getitem__, indexes)
+    return _named_reads(inputs, indexes, words, seconds)
+
+
+def _named_reads(inputs: Sequence[Any], indexes: Sequence[int], words: memoryview[int],
+                 seconds: memoryview[float]) -> Iterator[Any]:
+    """``inputs[i]`` for each of ``indexes``, the slot naming ``i`` (its start first) as it is read."""
+    read, clock = inputs.__getitem__, time.monotonic
+    for index in indexes:
+        seconds[2] = clock()
+        words[1] = index
+        yield read(index)
 
 
 def _measured(memory: _memory.ItemMemory, slot: SlotWriter | None, started: float,

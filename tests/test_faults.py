@@ -12,6 +12,7 @@ import os
 import resource
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,42 @@ def test_an_item_that_crashes_only_once_succeeds(tmp_path: Path, how: str) -> No
     result = crashing.run(event, store=tmp_path / "s", workers=2)
     assert result.success_count == 12 and not result.has_failure
     assert len(list(tmp_path.glob("attempt-7-*"))) == 2
+
+
+class ExitsReading(Sequence[int]):
+    """Inputs read in the worker (a lazy sequence, as durablemap.inputs gives): reading item
+    ``bad`` calls os._exit."""
+
+    def __init__(self, n: int, bad: int) -> None:
+        self.n, self.bad = n, bad
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.n))]
+        if index == self.bad:
+            os._exit(3)
+        return index
+
+
+def twice(ctx: DurableContext, item: int, index: int, items: Any) -> int:
+    return item * 2
+
+
+@durable_execution
+def reading_crashes(event: Any, context: DurableContext) -> BatchResult[int]:
+    return context.map(ExitsReading(20_000, 15_000), twice, config=MapConfig(max_worker_crashes=1))
+
+
+def test_a_worker_that_dies_reading_an_input_is_charged_to_that_item(tmp_path: Path) -> None:
+    # Reading an item's input is part of running it: the item whose input kills its worker is the
+    # one FAILED, not the item before it in its chunk (which had finished). Item 15,000 is far enough
+    # in for the map to run its chunks one item after another (the loop that reads items lazily).
+    result = reading_crashes.run(None, store=tmp_path / "s", workers=2)
+    assert [item.index for item in result.failed()] == [15_000]
+    assert result.get_results() == [i * 2 for i in range(20_000) if i != 15_000]
 
 
 # -- item timeout ------------------------------------------------------------------------------
