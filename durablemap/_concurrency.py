@@ -51,6 +51,9 @@ class Throttle:
     TARGET = 0.8
     GROWTH = 16.0
     INTERVAL = 0.005
+    #: A sample this long after the last one: the worker's own thread was held up (it waits at most
+    #: ``INTERVAL`` for items to finish), so the process could not run, whatever its items do.
+    STALLED = 4 * INTERVAL
 
     __slots__ = ("_at", "_cpu", "allowed", "limit", "peak")
 
@@ -73,6 +76,12 @@ class Throttle:
         self._at, self._cpu = now, cpu
         if running < self.allowed:
             return  # not every slot in use (items finishing, none left): says nothing either way
+        if wall > self.STALLED and busy < self.LOW:
+            # The worker's thread that samples was held up: on a machine with more busy processes
+            # than cores, its item threads wait too, for the CPU or for the interpreter lock that a
+            # thread off the CPU holds, and neither wait shows as CPU used or queued for. Taken for
+            # items that wait, it made CPU-bound maps run several items at once per worker.
+            return
         if busy < self.LOW and self.allowed < self.limit:
             factor = min(self.GROWTH, self.TARGET / max(busy, self.TARGET / self.GROWTH))
             self.allowed = min(self.limit, max(self.allowed + 1, math.ceil(self.allowed * factor)))

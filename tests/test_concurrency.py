@@ -245,6 +245,14 @@ def test_the_throttle_opens_up_for_waiting_items_and_stays_at_one_for_cpu_bound_
     idle_slots = Throttle(limit=100, start=4, now=0.0, cpu=0.0)
     idle_slots.sample(0.01, 0.0, running=2)  # not every slot in use: a sample says nothing of more
     assert idle_slots.allowed == 4
+    # The sampling thread itself was held up for 30 ms (8 workers on 2 cores): the item's thread could
+    # not run either, for the CPU or for the interpreter lock, though neither shows as CPU queued for.
+    # Such a sample says nothing of items waiting; the next one on time does.
+    stalled = Throttle(limit=100, start=1, now=0.0, cpu=0.0)
+    stalled.sample(0.03, 0.0026, running=1)
+    assert stalled.allowed == 1
+    stalled.sample(0.035, 0.0026, running=1)
+    assert stalled.allowed > 1
 
 
 def test_the_plan_gives_each_worker_its_share_until_items_prove_cpu_bound() -> None:
