@@ -82,10 +82,21 @@ def others_running(directory: str, index: int) -> int:
     return sum(1 for i, (what, pid) in last.items() if what == "s" and i != index and _alive(pid))
 
 
+def _last_lines(directory: str | Path) -> dict[int, tuple[str, int]]:
+    """Worker pid -> the last line it logged ("s" or "e", and the item)."""
+    return {pid: (what, index) for what, index, pid in _log_lines(directory)}
+
+
 def died_running(directory: str | Path) -> Counter[int]:
     """Item -> how many workers died while running it (or just after it, before the next one)."""
-    last = {pid: index for _, index, pid in _log_lines(directory)}
-    return Counter(index for pid, index in last.items() if not _alive(pid))
+    return Counter(index for pid, (_, index) in _last_lines(directory).items() if not _alive(pid))
+
+
+def died_between_items(directory: str | Path, pids: set[int]) -> int:
+    """How many workers died between two items by the log (after an item's "e" line, or before any
+    line), among those that logged and ``pids``."""
+    last = _last_lines(directory)
+    return sum(1 for pid in pids | set(last) if last.get(pid, ("", 0))[0] != "s" and not _alive(pid))
 
 
 def starts(directory: str | Path) -> Counter[int]:
@@ -116,19 +127,12 @@ def workers_of(parent: int, kind: str) -> list[psutil.Process]:
     return found
 
 
-def died_between_items(directory: str | Path, pids: set[int]) -> int:
-    """How many of the workers ``pids`` died between two items by the log: after an item's "e" line,
-    or before any line."""
-    last = {pid: what for what, _, pid in _log_lines(directory)}
-    return sum(1 for pid in pids if last.get(pid) != "s" and not _alive(pid))
-
-
 def assert_charged_only_when_running(result: BatchResult[Any], directory: Path, max_crashes: int,
                                      workers: set[int] | None = None) -> None:
     """Every item FAILED by worker crashes died running ``max_crashes`` times by the log.
 
-    With ``workers`` (every worker pid the test saw), one of those deaths may be missing from the
-    log: a worker names its next item in its slot just before the item's code runs, so a worker
+    With ``workers`` (worker pids the test saw, besides those in the log), one of those deaths may
+    be missing from the log: a worker names its next item in its slot just before the item's code runs, so a worker
     killed between naming it and the item's "s" line reaching the log died running that item, while
     the log shows it between two items. Such a death can be charged to that item; the allowance is
     one per item, and only when some worker did die between items."""
@@ -489,8 +493,7 @@ def test_a_random_worker_kill_storm_fails_no_innocent_item(tmp_path: Path, where
     assert len(storm.killed) == kills, f"the storm killed {len(storm.killed)} workers of {kills}"
     assert [item.result for item in result.succeeded()] == [
         i for i in range(items) if i not in {f.index for f in result.failed()}]
-    seen = storm.seen | {pid for _, _, pid in _log_lines(tmp_path)}
-    assert_charged_only_when_running(result, tmp_path, 2, seen)
+    assert_charged_only_when_running(result, tmp_path, 2, storm.seen)
 
 
 # -- the table of bad callables ------------------------------------------------------------------
