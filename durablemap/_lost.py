@@ -142,15 +142,14 @@ class LostItems:
         keys or in runs: one read per stretch of nearby indexes (a lost chunk is thousands of them,
         and a lookup that lands on a run costs as much as reading the run)."""
         found: dict[int, bytes] = {}
+        lost = set(wanted)
         start = 0
         while start < len(wanted):
             end = start
             while end + 1 < len(wanted) and wanted[end + 1] - wanted[end] <= _NEARBY:
                 end += 1
-            low, high = wanted[start], wanted[end]
-            stretch = set(wanted[start:end + 1])
-            indexes, raws = self.store.children_columns(self.prefix, low, high - low + 1)
-            found.update((index, raw) for index, raw in zip(indexes, raws, strict=True) if index in stretch)
+            indexes, raws = self.store.children_columns(self.prefix, wanted[start], wanted[end] - wanted[start] + 1)
+            found.update((index, raw) for index, raw in zip(indexes, raws, strict=True) if index in lost)
             start = end + 1
         return found
 
