@@ -41,6 +41,7 @@ from durablemap._errors import (
     RetryableSerDesError,
     StepInterruptedError,
     UnrecoverableError,
+    ValidationError,
 )
 from durablemap._faults import FaultLedger
 from durablemap._gc import paused
@@ -249,7 +250,10 @@ class Coordinator:
         for future in done:
             if future in self.committer.in_flight:
                 committed.extend(self.committer.finished(future))
-        results, broken = _settled(done, self.futures, self.executor.is_broken)
+        try:
+            results, broken = _settled(done, self.futures, self.executor.is_broken)
+        except ValidationError as exc:  # a worker could not load the map (see _worker._load_spec)
+            raise ValidationError(f"Map '{self.map_name}': {exc}") from None
         if self.solo is not None and self.solo not in self.futures:
             self.solo = None  # the suspect running alone finished
         if results:

@@ -17,6 +17,14 @@ in flight) dies again without evidence, it is charged, together with the unexpla
 suspected of (its worker did die each time); a suspect that finishes is cleared of them. A break
 with no item running (idle workers killed) charges nothing.
 
+A worker that dies while loading the map (unpickling its function, configuration or inputs, before
+any of its items) dies of the map, not of an item. After ``max_crashes`` breaks in a row in which a
+worker died loading the map by its own hand, no chunk of the map finishing in between, the map
+cannot run on these workers (``Verdict.unloadable``); so too after ``UNEXPLAINED_LOADS`` breaks in a
+row in which one died there without evidence and alone (no other worker died running an item, and
+durablemap killed none): a C library's ``exit`` leaves no evidence, but neither does a SIGKILL from
+outside, which the higher count leaves room for.
+
 Remote executors (Dask) fail only the chunks their lost workers held, running or queued behind: the
 items of a lost chunk all become suspects, to run one by one; a suspect lost running alone is charged.
 """
@@ -26,7 +34,11 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Death", "FaultLedger", "Verdict"]
+from durablemap._slots import LOADING
+
+__all__ = ["UNEXPLAINED_LOADS", "Death", "FaultLedger", "Verdict"]
+
+UNEXPLAINED_LOADS = 10  # breaks in a row with a worker dead loading the map, alone, without evidence
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,7 @@ class Verdict:
     charged: list[int] = field(default_factory=list)  # crash counted against these
     failed: list[int] = field(default_factory=list)  # charged up to max_crashes: record them FAILED
     rerun: list[int] = field(default_factory=list)  # back to the queue (charged ones below the limit too)
+    unloadable: bool = False  # workers died loading the map max_crashes times: it cannot run
 
 
 @dataclass
@@ -55,6 +68,8 @@ class FaultLedger:
     crashes: dict[int, int] = field(default_factory=dict)
     suspects: set[int] = field(default_factory=set)
     unexplained: dict[int, int] = field(default_factory=dict)  # suspect -> deaths not charged yet
+    load_deaths: int = 0  # breaks in a row in which a worker died by its own hand loading the map
+    load_kills: int = 0  # ... or died loading it without evidence, alone
 
     def pool_broke(self, lost: Iterable[int], deaths: Iterable[Death], solo: bool,
                    explained: bool = False) -> Verdict:
@@ -63,6 +78,12 @@ class FaultLedger:
         round ran one suspect with nothing else of the map in flight; ``explained``: the
         coordinator itself killed a worker (an item past its timeout), which explains the break."""
         lost_set = set(lost)
+        deaths = list(deaths)
+        loading = [d for d in deaths if d.index == LOADING]
+        if any(d.own_hand for d in loading):
+            self.load_deaths += 1
+        elif loading and not explained and len(loading) == len(deaths):
+            self.load_kills += 1
         deaths = [d for d in deaths if d.index in lost_set]  # a recorded item is done, whatever killed it
         charged = {d.index for d in deaths if d.own_hand}
         if not charged and solo and not explained:
@@ -71,7 +92,9 @@ class FaultLedger:
             for death in deaths:
                 self.suspects.add(death.index)
                 self.unexplained[death.index] = self.unexplained.get(death.index, 0) + 1
-        return self._verdict(lost_set, charged)
+        verdict = self._verdict(lost_set, charged)
+        verdict.unloadable = self.load_deaths >= self.max_crashes or self.load_kills >= UNEXPLAINED_LOADS
+        return verdict
 
     def chunks_lost(self, lost: Iterable[int], culprit_chunks: Iterable[Collection[int]],
                     solo: bool = False) -> Verdict:
@@ -94,7 +117,8 @@ class FaultLedger:
         self.unexplained.pop(index, None)
 
     def recorded(self, indexes: Iterable[int]) -> None:
-        """Items whose outcome was recorded are no longer suspects."""
+        """Items whose outcome was recorded are no longer suspects; their chunk's worker loaded the map."""
+        self.load_deaths = self.load_kills = 0
         if self.suspects:
             for index in indexes:
                 self.suspects.discard(index)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from durablemap._batch import BatchItem, BatchItemStatus
-from durablemap._errors import ErrorObject, ItemTimeoutError, WorkerCrashedError
+from durablemap._errors import ErrorObject, ItemTimeoutError, ValidationError, WorkerCrashedError
 from durablemap._faults import Death, FaultLedger, Verdict
 from durablemap._memory import MemoryMonitor
 from durablemap._records import Record, as_record, decode_item_outcome, decode_raw, item_key, item_records
@@ -67,6 +67,15 @@ class LostItems:
         lost = [index for index in lost if index not in recorded]
         verdict = self._verdict(lost, lost_chunks, solo, stopping)
         how, advice = self._crash_cause(error)
+        if verdict.unloadable:
+            raise ValidationError(
+                f"The worker processes died ({how}) loading map '{self.info.map_name}' "
+                f"{_times(max(self.faults.load_deaths, self.faults.load_kills))} in a row, before "
+                "running its items: unpickling its function, "
+                "its configuration or its inputs kills them, so no item of it can run (what finished is "
+                "recorded). Check that the function and what it references unpickle in a fresh Python "
+                "process (pickle.loads(cloudpickle.dumps(func))) without crashing it, or run with "
+                "executor='inline'.")
         writes: Writes = []
         requeue: list[int] = []
         for index in lost:
@@ -176,6 +185,10 @@ class LostItems:
 
     def _name(self, index: int) -> str | None:
         return self.info.names[index] if self.info.names is not None else None
+
+
+def _times(n: int) -> str:
+    return "once" if n == 1 else f"{n} times"
 
 
 _NEARBY = 4096  # lost items this close together are looked up in one read (see LostItems._records_of)

@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-__all__ = ["ROWS", "SlotState", "SlotWriter", "Slots", "thread_stack"]
+__all__ = ["LOADING", "ROWS", "SlotState", "SlotWriter", "Slots", "thread_stack"]
 
 # token, index, start (monotonic), running flag; then the peak RSS and the growth (peak minus the
 # RSS before it) of the last item this worker measured (see _memory), which begin() leaves alone;
@@ -37,12 +37,14 @@ _HEAD = struct.Struct("<qqdq")
 _PEAK = struct.Struct("<qq")
 _EXIT_WORD = 6
 _CULPRIT_WORD = 7  # with several items in flight: the index of the item that called os._exit
+_DECODING_WORD = 8  # the item whose input's block is being decoded, -1: none (see executors._itemfile)
 _FATAL = b"Fatal Python error"  # what faulthandler writes to the stack file on a fatal signal
-_HEADER = 64
+_HEADER = 128
 _ROW = struct.Struct("<qdq")  # index (-1: free), start (monotonic), thread ident
 ROWS = 4096  # the most items one worker runs at once
 _SIZE = _HEADER + ROWS * _ROW.size
 _MANY = 2  # the running flag of a worker with several items in flight (rows)
+LOADING = -2  # the index a slot names while its worker loads a map (its function, config, inputs)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class SlotState:
     exited: bool = False  # the worker called os._exit while running its item
     thread: int = 0  # the ident of the thread running the item (several items in flight), else 0
     culprit: int = -1  # several in flight: the index of the item that called os._exit (-1: none)
+    decoding: int = -1  # the item whose input's block the worker was decoding (-1: none)
 
 
 class SlotWriter:
@@ -76,6 +79,7 @@ class SlotWriter:
         self._map[_HEADER:] = b"\xff" * (_SIZE - _HEADER)  # every row free: index -1
         self._words = memoryview(self._map).cast("q")
         self._seconds = memoryview(self._map).cast("d")
+        self._words[_DECODING_WORD] = -1
         self.started = time.monotonic()
         self._lock = threading.Lock()
         self._free: list[int] = []
@@ -110,6 +114,11 @@ class SlotWriter:
         item's start goes to double 2, then its index to word 1 (in that order: a reader that sees
         the new index sees its start)."""
         return self._words, self._seconds
+
+    def decoding_field(self) -> tuple[memoryview[int], int]:
+        """Where the worker says which item's input it is decoding, when decoding it could kill the
+        worker and is not the item's doing (see ``executors._itemfile``): ``words[word]``."""
+        return self._words, _DECODING_WORD
 
     def end(self) -> None:
         """The worker is between items."""
@@ -193,13 +202,15 @@ class Slots:
                 continue
             try:
                 with open(os.path.join(self.directory, name), "rb") as fh:
-                    data = fh.read(_SIZE if rows else _FMT.size)
+                    data = fh.read(_SIZE if rows else _HEADER)
             except OSError:
                 continue
-            if len(data) < _FMT.size:
+            if len(data) < _HEADER:
                 continue
             token, index, started, running, peak, growth, exited = _FMT.unpack_from(data)
-            state = SlotState(int(name), token, index, started, bool(running), peak, growth, bool(exited))
+            decoding = struct.unpack_from("<q", data, _DECODING_WORD * 8)[0]
+            state = SlotState(int(name), token, index, started, bool(running), peak, growth, bool(exited),
+                              decoding=decoding)
             if rows and running == _MANY:
                 culprit = struct.unpack_from("<q", data, _CULPRIT_WORD * 8)[0] if exited else -1
                 states.extend(_rows_of(state, data, culprit))
@@ -213,12 +224,13 @@ class Slots:
 
     def dead_running(self, token: int) -> list[SlotState]:
         """The items of map ``token`` that dead workers were running when they died, one state per
-        item; forgets those workers."""
+        item, and the dead workers that were loading that map (index ``LOADING``); forgets those
+        workers."""
         dead = [s for s in self.read_all(rows=True) if not _alive(s.pid)]
         for pid in {state.pid for state in dead}:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.directory, str(pid)))
-        return [s for s in dead if s.running and s.token == token and s.index >= 0]
+        return [s for s in dead if s.running and s.token == token and (s.index >= 0 or s.index == LOADING)]
 
     def died_by_own_hand(self, state: SlotState) -> bool:
         """Whether the item of ``state`` killed its dead worker, by the evidence the worker left: an
@@ -253,7 +265,7 @@ def _rows_of(header: SlotState, data: bytes, culprit: int) -> list[SlotState]:
         index, started, thread = _ROW.unpack_from(data, offset)
         if index >= 0:
             states.append(SlotState(header.pid, header.token, index, started, True, header.peak_rss,
-                                    header.growth, header.exited, thread, culprit))
+                                    header.growth, header.exited, thread, culprit, header.decoding))
     return states
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from durablemap._early import PEEK_SECONDS
-from durablemap._slots import Slots
+from durablemap._slots import LOADING, Slots
 
 __all__ = ["SETTLE_SECONDS", "TimeSkip", "await_turn", "sleeper_path"]
 
@@ -87,7 +87,9 @@ class TimeSkip:
         worker sleeps, and the others in flight are either finished (recorded: a map with a
         criterion counts them within ``_early.PEEK_SECONDS``, which changes what ``look`` sees;
         one without counts them with their chunk) or wait, unstarted, behind busy workers."""
-        states = [s for s in self.slots.read_all(rows=True) if s.running and s.token == self.token]
+        # (a worker loading the map, its slot naming LOADING, is not running an item of it yet)
+        states = [s for s in self.slots.read_all(rows=True)
+                  if s.running and s.token == self.token and s.index != LOADING]
         started = {s.index for s in states if s.index >= 0}
         if any(index in started and index not in sleepers for index in running):
             return False

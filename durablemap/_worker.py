@@ -40,6 +40,7 @@ from durablemap._errors import (
     InvocationError,
     ItemTimeoutError,
     SerDesError,
+    ValidationError,
     error_type_name,
 )
 from durablemap._exits import EXITS, describe_exit, is_real_interrupt, watching_signals
@@ -47,14 +48,14 @@ from durablemap._fingerprint import fingerprint
 from durablemap._gc import paused
 from durablemap._memory import init_item_memory, note_peak
 from durablemap._records import ItemRecords, compact_code, item_keys, item_records
-from durablemap._slots import SlotWriter
+from durablemap._slots import LOADING, SlotWriter
 from durablemap._state import item_slot
 from durablemap._store import Store, path_str
 from durablemap._store._runs import RUN_MAX
 from durablemap._timeskip import await_turn, sleeper_path
 from durablemap._timings import chunk_meta, stamp_chunk
 from durablemap.executors._base import ChunkResult, MapSpec
-from durablemap.executors._itemfile import ItemFile
+from durablemap.executors._itemfile import ItemFile, mark_decoding
 from durablemap.serdes import (
     deserialize_value,
     new_packer,
@@ -85,6 +86,7 @@ def init_worker(slot_dir: str, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _slot = SlotWriter(slot_dir)
+    mark_decoding(*_slot.decoding_field())
     init_item_memory(_slot)
     set_turn(functools.partial(_await_turn, slot_dir))
     stack_file = open(os.path.join(slot_dir, f"{os.getpid()}.stack"), "w")  # noqa: SIM115 - lives as long as the worker
@@ -143,12 +145,32 @@ def run_chunk_from_file(ref: tuple[int, str], indexes: Sequence[int], concurrenc
     if spec is None:
         for ended in [k for k in _specs if not os.path.exists(k.partition(":")[2])]:
             del _specs[ended]  # a map that ended: its inputs file (see executors._itemfile) closes
-        with open(path, "rb") as fh:
-            spec = cloudpickle.load(fh)
+        spec = _load_spec(token, path)
         _specs[key] = spec
         while len(_specs) > _SPEC_CACHE:
             _specs.popitem(last=False)
     return run_chunk(spec, indexes, concurrency)
+
+
+def _load_spec(token: int, path: str) -> MapSpec:
+    """Unpickle the spec of map ``token``, the slot saying so meanwhile: unpickling runs code (the
+    function's imports, ``__reduce__``) that may kill the worker, and such a death is the map's,
+    not an item's (see ``_faults.FaultLedger.pool_broke``)."""
+    slot = _slot if _DEPTH.get() == 0 else None
+    if slot is not None:
+        slot.begin(token, LOADING)
+    try:
+        with open(path, "rb") as fh:
+            spec: MapSpec = cloudpickle.load(fh)
+    except BaseException as exc:  # SystemExit too: sent back, it would end the coordinator's process
+        raise ValidationError(
+            f"a worker process cannot unpickle its function, its configuration or its inputs "
+            f"({error_type_name(exc)}: {exc}). Check that they unpickle in a fresh Python process "
+            "(pickle.loads(cloudpickle.dumps(func))), or run with executor='inline'.") from None
+    finally:
+        if slot is not None:
+            slot.end()
+    return spec
 
 
 def run_chunk(spec: MapSpec, indexes: Sequence[int], concurrency: int = 1) -> ChunkResult:
@@ -403,12 +425,16 @@ def _item_fields(slot: SlotWriter | None, token: int,
 
 def _items_of(inputs: Sequence[Any], indexes: Sequence[int], words: memoryview[int],
               seconds: memoryview[float]) -> Iterable[Any]:
-    """The chunk's items: a run of a list, tuple, range or item file sliced at once (its first item
-    named in the slot already), else read one by one as the loop reaches them, each named in the
-    slot before it is read: reading an item's input is part of running it (a lazy sequence's read
-    that kills the worker is charged to that item, not to the one before it)."""
-    if type(indexes) is range and indexes.step == 1 and type(inputs) in _SLICEABLE:
-        return inputs[indexes.start:indexes.stop]
+    """The chunk's items: a run of a list, tuple or range sliced at once (its first item named in
+    the slot already), a run of an item file read at once (each item that runs code as it decodes
+    named first: see ``ItemFile.read_run``), else read one by one as the loop reaches them, each
+    named in the slot before it is read: reading an item's input is part of running it (a read that
+    kills the worker is charged to that item, not to the one before it)."""
+    if type(indexes) is range and indexes.step == 1:
+        if type(inputs) is ItemFile:  # items that may run code as they decode are named first
+            return inputs.read_run(indexes.start, indexes.stop, words)
+        if type(inputs) in _SLICEABLE:
+            return inputs[indexes.start:indexes.stop]
     return _named_reads(inputs, indexes, words, seconds)
 
 
@@ -440,7 +466,7 @@ def _record(build: ItemRecords, value: Any, fp: int | bytes | None, payload: byt
     return value, build.fingerprinted(fp, payload) if peak is None else build.succeeded(payload, _meta(fp, peak))
 
 
-_SLICEABLE = frozenset((list, tuple, range, ItemFile))
+_SLICEABLE = frozenset((list, tuple, range))
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # ints that are their own fingerprint (see _fingerprint)
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from durablemap._faults import Death, FaultLedger
+from durablemap._faults import UNEXPLAINED_LOADS, Death, FaultLedger
+from durablemap._slots import LOADING
 
 
 @dataclass
@@ -100,6 +101,43 @@ def test_a_worker_killed_from_outside_makes_suspects_that_run_alone() -> None:
     ledger.recorded([6])  # 6 ran alone and finished: cleared
     assert ledger.suspects == {5} and 6 not in ledger.crashes
     assert ledger.pool_broke([5], [Death(5, False)], solo=True).failed == [5]
+
+
+def test_workers_dying_as_they_load_the_map_make_it_unloadable_after_max_crashes_breaks_in_a_row() -> None:
+    # A worker that dies by its own hand loading the map (its slot names LOADING) dies of the map:
+    # no item is charged; max_crashes such breaks in a row and the map cannot run.
+    ledger = FaultLedger(3)
+    loading = Death(LOADING, True)
+    for _ in range(2):
+        verdict = ledger.pool_broke([0, 1, 2, 3], [loading, Death(LOADING, False)], solo=False)
+        assert verdict.charged == [] and verdict.rerun == [0, 1, 2, 3] and not verdict.unloadable
+    ledger.recorded([7])  # a chunk finished: its worker loaded the map, so the count starts again
+    assert not ledger.pool_broke([0, 1], [loading], solo=False).unloadable
+    assert not ledger.pool_broke([0, 1], [loading], solo=False).unloadable
+    assert ledger.pool_broke([0, 1], [loading], solo=False).unloadable
+    assert ledger.crashes == {} and ledger.suspects == set()
+
+
+def test_workers_killed_as_they_load_the_map_make_it_unloadable_only_after_many_breaks() -> None:
+    # Without evidence (a SIGKILL from outside, or a C library's exit), and alone: counted apart,
+    # up to UNEXPLAINED_LOADS breaks in a row.
+    ledger = FaultLedger(1)
+    for _ in range(UNEXPLAINED_LOADS - 1):
+        assert not ledger.pool_broke([0, 1], [Death(LOADING, False)], solo=False).unloadable
+    ledger.recorded([0])
+    for _ in range(UNEXPLAINED_LOADS - 1):
+        assert not ledger.pool_broke([0, 1], [Death(LOADING, False)], solo=False).unloadable
+    assert ledger.pool_broke([0, 1], [Death(LOADING, False)], solo=False).unloadable
+
+
+def test_a_worker_killed_while_loading_the_map_beside_a_crash_is_not_counted() -> None:
+    # loky kills the other workers when one dies: one killed while it loaded the map (no evidence)
+    # is no sign against the map; neither is one killed while the coordinator killed another.
+    ledger = FaultLedger(1)
+    for _ in range(2 * UNEXPLAINED_LOADS):
+        assert not ledger.pool_broke([4, 5], [Death(4, True), Death(LOADING, False)], solo=False).unloadable
+        assert not ledger.pool_broke([4, 5], [Death(LOADING, False)], solo=False, explained=True).unloadable
+    assert ledger.load_deaths == ledger.load_kills == 0
 
 
 def test_a_timeout_kill_explains_the_break() -> None:

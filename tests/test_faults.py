@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import resource
 import signal
@@ -142,6 +143,97 @@ def test_a_worker_that_dies_reading_an_input_is_charged_to_that_item(tmp_path: P
     result = reading_crashes.run(None, store=tmp_path / "s", workers=2)
     assert [item.index for item in result.failed()] == [15_000]
     assert result.get_results() == [i * 2 for i in range(20_000) if i != 15_000]
+
+
+def exit_now(code: int) -> None:
+    os._exit(code)
+
+
+def fault_now(code: int) -> None:
+    ctypes.string_at(0)  # a segfault: faulthandler's report is the evidence
+
+
+class KillsUnpickling:
+    """An input whose unpickling kills the process that unpickles it: an ``os._exit`` or a segfault
+    called from ``__reduce__``, as an extension module's state or a class's ``__setstate__`` may."""
+
+    def __init__(self, how: Any, code: int = 3) -> None:
+        self.how, self.code = how, code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.how, (self.code,))
+
+
+def length_or_index(ctx: DurableContext, item: Any, index: int, items: Any) -> Any:
+    return len(item)
+
+
+@durable_execution
+def unpickling_crashes(event: Any, context: DurableContext) -> BatchResult[int]:
+    n, bad = event["n"], event["bad"]
+    inputs: list[Any] = [f"row-{i:06d}" if i % 2 else {"row": i} for i in range(n)]
+    inputs[bad] = KillsUnpickling(exit_now if event["how"] == "exit" else fault_now)
+    return context.map(inputs, length_or_index, config=MapConfig(max_worker_crashes=1))
+
+
+@pytest.mark.parametrize(("n", "bad", "how"), [(100, 50, "exit"), (20_000, 15_000, "exit"), (3_000, 1_500, "segfault")])
+def test_an_input_that_kills_its_worker_as_it_is_unpickled_fails_that_item_only(
+        tmp_path: Path, n: int, bad: int, how: str) -> None:
+    # A short list (it used to travel inside the map's spec: every worker died loading it, for ever)
+    # and longer ones (items pickled a block at a time: the death was charged to the first item of
+    # the chunk, and then to the next, one innocent item FAILED per death).
+    result = unpickling_crashes.run({"n": n, "bad": bad, "how": how}, store=tmp_path / "s", workers=2)
+    assert [item.index for item in result.failed()] == [bad]
+    (failed,) = result.failed()
+    assert failed.error is not None and failed.error.type == "durablemap.WorkerCrashedError"
+    assert result.get_results() == [10 if i % 2 else 1 for i in range(n) if i != bad]
+
+
+def kill_me(code: int) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)  # no evidence: as an OOM kill, or a C library's exit()
+
+
+def raise_it(code: int) -> None:
+    if code == 4:
+        raise SystemExit(4)
+    raise ValueError("this thing cannot be rebuilt here")
+
+
+def with_extra(ctx: DurableContext, item: int, index: int, items: Any, extra: Any = None) -> int:
+    return item
+
+
+@durable_execution
+def unloadable_function(event: Any, context: DurableContext) -> Any:
+    first = context.map(list(range(10)), with_extra, name="fine").get_results()
+    if event["poison"]:
+        how = {"exit": exit_now, "sigkill": kill_me, "raise": raise_it}[event["poison"]]
+        poison = KillsUnpickling(how, event.get("code", 3))
+        return context.map(list(range(10)), functools.partial(with_extra, extra=poison), name="poisoned")
+    return first
+
+
+@pytest.mark.parametrize(("poison", "error"), [
+    ("exit", r"died \(exit code .*loading map 'poisoned' 3 times in a row.*unpickl"),
+    ("sigkill", r"died \(.*SIGKILL.*loading map 'poisoned' 10 times in a row.*unpickl"),
+])
+def test_a_function_that_kills_the_workers_that_unpickle_it_is_a_clear_error(
+        tmp_path: Path, poison: str, error: str) -> None:
+    # Every worker dies loading the map, before any item: no item is to blame. The map stops with a
+    # ValidationError that says so, instead of breaking the pool for ever; what finished stays.
+    with pytest.raises(ValidationError, match=error):
+        unloadable_function.run({"poison": poison}, store=tmp_path / "s", workers=2, execution_id="unloadable")
+    assert unloadable_function.run({"poison": None}, store=tmp_path / "s", workers=2,
+                                   execution_id="unloadable") == list(range(10))
+
+
+@pytest.mark.parametrize(("code", "raised"), [(3, "ValueError: this thing cannot be rebuilt here"),
+                                              (4, "SystemExit: 4")])
+def test_a_function_that_raises_as_workers_unpickle_it_is_a_clear_error(tmp_path: Path, code: int, raised: str) -> None:
+    # It used to come out of the map as the bare exception; a SystemExit ended the job's process.
+    with pytest.raises(ValidationError, match=rf"Map 'poisoned': a worker process cannot unpickle its function.*"
+                                              rf"\({raised}\).*executor='inline'"):
+        unloadable_function.run({"poison": "raise", "code": code}, store=tmp_path / "s", workers=2)
 
 
 # -- item timeout ------------------------------------------------------------------------------

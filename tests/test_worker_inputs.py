@@ -17,7 +17,7 @@ import pytest
 
 from durablemap import DurableContext, ValidationError, durable_execution
 from durablemap.config import MapConfig
-from durablemap.executors import _loky
+from durablemap.executors import _itemfile, _loky
 from durablemap.executors._itemfile import ItemFile, UnpicklableItem, write_items
 from durablemap.executors._loky import _process_slot_dir
 
@@ -59,6 +59,58 @@ def test_an_unpicklable_item_is_named_by_its_index(tmp_path: Path) -> None:
     with pytest.raises(UnpicklableItem, match=r"inputs\[1500\] \(a lock\)"):
         write_items([*range(1500), threading.Lock(), *range(10)], str(tmp_path / "items"))
     assert list(tmp_path.iterdir()) == []  # no half-written file left
+
+
+MARKER = [0, 0, -1]  # a worker's slot words, as far as decoding goes: word 2 says what is decoded
+SEEN: list[int] = []
+
+
+def refuse(index: int) -> None:
+    SEEN.append(MARKER[2])
+    raise RuntimeError(f"item {index} cannot be decoded")
+
+
+class FailsDecoding:
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (refuse, (self.index,))
+
+
+@pytest.mark.parametrize("bad", [0, 1234, 2999])
+def test_a_block_that_fails_to_decode_is_rewritten_an_item_to_a_pickle(
+        tmp_path: Path, bad: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Decoding a block of several items, a worker says which item it was asked for (the
+    # coordinator cannot tell which of the block's items killed it). Rewritten by isolate, the
+    # block is decoded an item at a time, each named in the slot (word 1) first: what goes wrong
+    # there is told of that very item, and the other items decode on their own.
+    inputs: list[Any] = [(i, "x") for i in range(3000)]
+    inputs[bad] = FailsDecoding(bad)
+    path = str(tmp_path / "items")
+    write_items(inputs, path)
+    monkeypatch.setattr(_itemfile, "_marker", MARKER)
+    monkeypatch.setattr(_itemfile, "_marker_word", 2)
+    SEEN.clear()
+    asked = max(0, bad - 5)
+    with pytest.raises(RuntimeError, match=f"item {bad} cannot"):
+        ItemFile(path, 3000).read_run(asked, 3000, [0, -1])
+    assert [asked] == SEEN or (bad == 0 and SEEN == [-1])  # item 0 is a block of its own
+    assert MARKER[2] == -1
+    size = os.path.getsize(path)
+    assert _itemfile.isolate(path, inputs, bad)
+    assert os.path.getsize(path) > size or bad == 0
+    size = os.path.getsize(path)
+    assert _itemfile.isolate(path, inputs, bad) and os.path.getsize(path) == size  # once is enough
+    assert not _itemfile.isolate(path, inputs, 3000)
+    naming = [0, -1]
+    SEEN.clear()
+    with pytest.raises(RuntimeError, match=f"item {bad} cannot"):
+        ItemFile(path, 3000).read_run(asked, 3000, naming)
+    assert naming[1] == bad and SEEN == [-1]
+    assert ItemFile(path, 3000).read_run(bad + 1, 3000, naming) == inputs[bad + 1:]
+    shipped = ItemFile(path, 3000)
+    assert [shipped[i] for i in range(3000) if i != bad] == [x for i, x in enumerate(inputs) if i != bad]
 
 
 # -- through context.map on loky workers -------------------------------------------------------------

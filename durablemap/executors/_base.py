@@ -148,8 +148,9 @@ class Executor(Protocol):
 
     def deaths(self, token: int) -> list[Death] | None:
         """The workers that died running an item of map ``token`` since the last call, with the
-        evidence of why; None when the executor cannot tell per worker (then :meth:`names_culprit`
-        says which lost chunks were running on a dead worker)."""
+        evidence of why (a death while loading the map names the index ``_slots.LOADING``); None
+        when the executor cannot tell per worker (then :meth:`names_culprit` says which lost chunks
+        were running on a dead worker)."""
 
     def names_culprit(self, error: BaseException) -> bool:
         """Whether a chunk lost with ``error`` was itself running when its worker died, rather than

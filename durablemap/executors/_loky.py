@@ -23,7 +23,7 @@ from durablemap._faults import Death
 from durablemap._slots import Slots, SlotState
 from durablemap._worker import init_worker, run_chunk_from_file
 from durablemap.executors._base import ChunkResult, MapSpec
-from durablemap.executors._itemfile import UnpicklableItem, write_items
+from durablemap.executors._itemfile import UnpicklableItem, inert_pickle, isolate, write_items
 from durablemap.executors._leftovers import quiet_resource_tracker, sweep_dead_jobs
 
 __all__ = ["LokyExecutor", "default_workers", "describe_unpicklable"]
@@ -71,6 +71,7 @@ class LokyExecutor:
             raise ValidationError(f"workers must be a whole number of at least 1, got: {workers!r}")
         self.workers = workers or default_workers()
         self.slots = Slots(_process_slot_dir())
+        self._written: dict[int, Sequence[Any]] = {}  # map token -> the inputs written to its item file
 
     def _pool(self) -> Any:
         return get_reusable_executor(
@@ -83,7 +84,10 @@ class LokyExecutor:
         each worker reads only as its items need them; unpicklable parts raise ValidationError."""
         inputs_path = os.path.join(self.slots.directory, f"inputs-{spec.token}.bin")
         try:
-            data = cloudpickle.dumps(replace(spec, inputs=_shipped_inputs(spec.inputs, inputs_path)))
+            shipped = _shipped_inputs(spec.inputs, inputs_path)
+            if shipped is not spec.inputs:
+                self._written[spec.token] = spec.inputs  # to rewrite a block of it (see deaths)
+            data = cloudpickle.dumps(replace(spec, inputs=shipped))
         except UnpicklableItem as exc:
             raise ValidationError(describe_unpicklable(spec, exc.cause, exc)) from None
         except Exception as exc:
@@ -95,6 +99,7 @@ class LokyExecutor:
 
     def unpublish(self, ref: Any) -> None:
         """Remove the spec file and the inputs file."""
+        self._written.pop(ref[0], None)
         for path in (ref[1], os.path.join(self.slots.directory, f"inputs-{ref[0]}.bin")):
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -121,8 +126,24 @@ class LokyExecutor:
             time.sleep(0.01)
 
     def deaths(self, token: int) -> list[Death] | None:
-        """The dead workers' slots that name an item of map ``token``, with the evidence each left."""
-        return [Death(s.index, self.slots.died_by_own_hand(s), s.pid) for s in self.slots.dead_running(token)]
+        """The dead workers' slots that name an item of map ``token``, with the evidence each left.
+        A worker that died decoding a block of the map's item file, several items pickled as one,
+        died of one of them, not knowing which (another worker may have died of the same block):
+        that block is rewritten an item to a pickle (``_itemfile.isolate``), and the items of the
+        worker go back uncharged, to be decoded one by one next time, each named in the slot as it
+        is."""
+        dead = self.slots.dead_running(token)
+        isolated = {s.pid for s in dead if s.decoding >= 0 and self._isolate(token, s.decoding)}
+        return [Death(s.index, self.slots.died_by_own_hand(s), s.pid) for s in dead if s.pid not in isolated]
+
+    def _isolate(self, token: int, index: int) -> bool:
+        inputs = self._written.get(token)
+        if inputs is None:
+            return False
+        try:
+            return isolate(os.path.join(self.slots.directory, f"inputs-{token}.bin"), inputs, index)
+        except (OSError, UnpicklableItem):
+            return False
 
     def names_culprit(self, error: BaseException) -> bool:
         """Not used: slots name the items (deaths)."""
@@ -158,12 +179,18 @@ class LokyExecutor:
 
 def _shipped_inputs(inputs: Sequence[Any], path: str) -> Sequence[Any]:
     """The inputs as the workers get them: as they are when they pickle small (a range, a lazy
-    sequence that pickles as a path, a short list), else written to an item file at ``path``."""
+    sequence that pickles as a path, a short list), else written to an item file at ``path``. A
+    list or tuple ships as it is only if unpickling it runs no code (see ``_itemfile.inert_pickle``):
+    otherwise it goes to the file however short, where each item is decoded on its own, named in
+    its worker's slot, so that an item whose unpickling kills the worker is charged to that item,
+    where inside the spec it would kill every worker that loads the map."""
     if isinstance(inputs, range) or not len(inputs):
         return inputs
-    if not isinstance(inputs, list | tuple) or len(inputs) <= _SMALL_INPUTS:
+    sequence = isinstance(inputs, list | tuple)
+    if not sequence or len(inputs) <= _SMALL_INPUTS:
         try:
-            if len(cloudpickle.dumps(inputs)) <= _SMALL_PICKLE:
+            pickled = inert_pickle(inputs) if sequence else cloudpickle.dumps(inputs)
+            if pickled is not None and len(pickled) <= _SMALL_PICKLE:
                 return inputs
         except Exception:
             pass  # written item by item below: the error then names the item
