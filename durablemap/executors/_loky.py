@@ -181,9 +181,9 @@ def _shipped_inputs(inputs: Sequence[Any], path: str) -> Sequence[Any]:
     """The inputs as the workers get them: as they are when they pickle small (a range, a lazy
     sequence that pickles as a path, a short list), else written to an item file at ``path``. A
     list or tuple ships as it is only if unpickling it runs no code (see ``_itemfile.inert_pickle``):
-    otherwise it goes to the file however short, where each item is decoded on its own, named in
-    its worker's slot, so that an item whose unpickling kills the worker is charged to that item,
-    where inside the spec it would kill every worker that loads the map."""
+    otherwise it goes to the file however short, where an item whose unpickling kills the worker is
+    found and charged alone (see ``_itemfile``), where inside the spec it would kill every worker
+    that loads the map."""
     if isinstance(inputs, range) or not len(inputs):
         return inputs
     sequence = isinstance(inputs, list | tuple)
