@@ -82,6 +82,11 @@ __all__ = [
     "error_type_name",
 ]
 
+# What to do when a worker process cannot load a map: unpickling its function failed or killed it.
+UNPICKLE_ADVICE = ("Check that the function and what it references unpickle in a fresh Python process "
+                   "(pickle.loads(cloudpickle.dumps(func))) without failing or crashing it, or run with "
+                   "executor='inline'.")
+
 _PUBLIC_PACKAGE = "durablemap"
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from durablemap._batch import BatchItem, BatchItemStatus
-from durablemap._errors import ErrorObject, ItemTimeoutError, ValidationError, WorkerCrashedError
+from durablemap._errors import UNPICKLE_ADVICE, ErrorObject, ItemTimeoutError, ValidationError, WorkerCrashedError
 from durablemap._faults import Death, FaultLedger, Verdict
 from durablemap._memory import MemoryMonitor
 from durablemap._records import Record, as_record, decode_item_outcome, decode_raw, item_key, item_records
@@ -73,9 +73,7 @@ class LostItems:
                 f"{_times(max(self.faults.load_deaths, self.faults.load_kills))} in a row, before "
                 "running its items: unpickling its function, "
                 "its configuration or its inputs kills them, so no item of it can run (what finished is "
-                "recorded). Check that the function and what it references unpickle in a fresh Python "
-                "process (pickle.loads(cloudpickle.dumps(func))) without crashing it, or run with "
-                "executor='inline'.")
+                f"recorded). {UNPICKLE_ADVICE}")
         writes: Writes = []
         requeue: list[int] = []
         for index in lost:

@@ -35,6 +35,7 @@ import msgpack
 from durablemap import _inflight, _logs, _memory
 from durablemap._clock import set_turn
 from durablemap._errors import (
+    UNPICKLE_ADVICE,
     ErrorObject,
     ExecutionError,
     InvocationError,
@@ -165,8 +166,7 @@ def _load_spec(token: int, path: str) -> MapSpec:
     except BaseException as exc:  # SystemExit too: sent back, it would end the coordinator's process
         raise ValidationError(
             f"a worker process cannot unpickle its function, its configuration or its inputs "
-            f"({error_type_name(exc)}: {exc}). Check that they unpickle in a fresh Python process "
-            "(pickle.loads(cloudpickle.dumps(func))), or run with executor='inline'.") from None
+            f"({error_type_name(exc)}: {exc}). {UNPICKLE_ADVICE}") from None
     finally:
         if slot is not None:
             slot.end()
