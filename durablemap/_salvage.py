@@ -36,7 +36,7 @@ from durablemap._store._env import check_directory, read_header
 from durablemap._store._keys import COMPONENT_SIZE, item_keys
 from durablemap._store._pages import leaf_nodes
 from durablemap._store._runs import parse_run, split_run
-from durablemap._store._salvage import ReadOutcome, Row, check_target, check_unused, read_store
+from durablemap._store._salvage import Gap, ReadOutcome, Row, check_target, check_unused, read_store
 
 __all__ = ["SalvageReport", "salvage"]
 
@@ -161,6 +161,7 @@ class _Writer:
         self.roots: set[str] = set()  # executions whose own record was saved
         self.lost_keys: list[bytes] = []  # keys of records skipped as not records
         self.maps: set[bytes] = set()  # keys of the maps (and parallels) with item records saved
+        self.batches: set[bytes] = set()  # keys of the maps' (and parallels') own records saved
         self.saved: Counter[tuple[bytes, bool]] = Counter()  # per (parent key, the execution's own record)
         self.undecodable: Counter[tuple[bytes, bool]] = Counter()
         self.ids: dict[bytes, bool] = {}  # execution ids seen: whether UTF-8
@@ -205,6 +206,8 @@ class _Writer:
                 self.roots.add(key[:end].decode())
             elif sub_type in ITEM_SUB_TYPES:
                 self.maps.add(group[0])
+            if sub_type in BATCH_SUB_TYPES:
+                self.batches.add(key)
             self.saved[group] += 1
             self.pending.append((key, value))
             self.pending_bytes += len(value)
@@ -273,20 +276,15 @@ class _Writer:
         self._rebuild_index()
 
     def _losers(self) -> tuple[set[bytes], set[str]]:
-        """The keys of the saved operations (not executions) that may have lost descendants, and the
-        executions that lost records."""
-        suspects: set[bytes] = set()
-        executions: set[str] = set()
-        for gap in self.report.read.gaps:
-            if gap.db != "records":
-                continue
-            for bound in (gap.after, gap.before):
-                decoded = _decode(bound)
-                if decoded is not None:
-                    executions.add(decoded[0])
-            after = _decode(gap.after)
-            if after is not None:  # a record that lost descendants has a key that gap.after starts with
-                suspects.update(op_key(after[0], after[1][:n]) for n in range(1, len(after[1]) + 1))
+        """The keys of the saved maps (and parallels) that may have lost descendants, and the
+        executions that may have lost records: those with a key in a range LMDB could not read (the
+        pages read directly may have given back some or all of it, but nothing says which), or with
+        a record skipped as undecodable. A range may span operations and executions: the first key
+        of the store to one of the second execution's items, when the roots of the trees are lost."""
+        gaps = [gap for gap in self.report.read.gaps if gap.db == "records"]
+        suspects = {key for key in self.batches if any(_touches(gap, key) for gap in gaps)}
+        executions = {execution_id for execution_id in self.roots
+                      if any(_touches(gap, op_key(execution_id, ())) for gap in gaps)}
         for key in self.lost_keys:
             execution_id, path = decode_key(key)
             executions.add(execution_id)
@@ -412,10 +410,8 @@ def _rank(key: bytes, value: bytes) -> int | None:
     return _RANKS.get(fields[1], 1)
 
 
-def _decode(key: bytes | None) -> tuple[str, tuple[int, ...]] | None:
-    if key is None:
-        return None
-    try:
-        return decode_key(key)
-    except StoreError:
-        return None
+def _touches(gap: Gap, prefix: bytes) -> bool:
+    """Whether some key that starts with ``prefix`` (an operation's descendants, or an execution's
+    records) may lie in ``gap``: strictly between its bounds."""
+    return (gap.before is None or gap.before > prefix) and (
+        gap.after is None or gap.after < prefix or gap.after.startswith(prefix))

@@ -17,6 +17,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from durablemap._store._pages import leaf_nodes
+from durablemap._store._runs import parse_run
+
 PAGE = 4096
 P_BRANCH, P_LEAF = 0x01, 0x02
 SCAN = ("import lmdb, sys\nenv = lmdb.open(sys.argv[1], readonly=True, lock=False, max_dbs=8)\n"
@@ -90,3 +93,39 @@ def damage_a_leaf(store: Path, damage: Callable[[object, int], None],
             return page
         data_path.write_bytes(data)  # a free page, or damage LMDB met otherwise: the next leaf
     raise AssertionError(f"no leaf of records among {candidates[:8]} shows the damage as wanted")
+
+
+def records_roots(data: bytes) -> set[int]:
+    """The root pages of the records database as of each of the two commits data.mdb's header pages
+    record: the main database's root (in each header) is a leaf that names the other databases."""
+    roots = set()
+    for meta in (0, 1):
+        main = int.from_bytes(data[meta * PAGE + 128:meta * PAGE + 136], "little")  # its MDB_db's md_root
+        at = main * PAGE
+        lower = int.from_bytes(data[at + 12:at + 14], "little")
+        for slot in range(at + 16, at + lower, 2):
+            node = at + int.from_bytes(data[slot:slot + 2], "little")
+            size = int.from_bytes(data[node + 6:node + 8], "little")
+            if data[node + 8:node + 8 + size] == b"records":
+                db = node + 8 + size  # an MDB_db: md_root is its last 8 bytes
+                roots.add(int.from_bytes(data[db + 40:db + 48], "little"))
+    return roots
+
+
+def pages_holding(store: Path, key: bytes) -> set[int]:
+    """Every page of data.mdb, live or freed, laid out as a leaf with the record at ``key`` (an item's,
+    alone or in a run)."""
+    found = set()
+    for page, node, _ in leaf_nodes(str(store / "data.mdb"), PAGE):
+        run = parse_run(node)
+        if node == key or (run is not None and run[0] == key[:len(run[0])] and len(key) == len(run[0]) + 4
+                           and run[1] <= int.from_bytes(key[-4:], "big") < run[1] + run[2]):
+            found.add(page)
+    return found
+
+
+def unflag(fh: object, page: int) -> None:
+    """Clear the page's flags, neither branch nor leaf: LMDB reports it corrupted (no abort), and a
+    reading of the file's pages takes it for no leaf."""
+    fh.seek(page * PAGE + 10)  # type: ignore[attr-defined]
+    fh.write(bytes(2))  # type: ignore[attr-defined]

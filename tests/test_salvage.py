@@ -26,10 +26,23 @@ import lmdb
 import pytest
 
 from durablemap import StoreError
+from durablemap._store import op_key
+from durablemap._store._pages import leaf_nodes
 from durablemap.store import SalvageReport, StoreReader
 from durablemap.store import salvage as store_salvage
 
-from ._damage import branch_flag, damage_a_leaf, finished_job, lmdb_abort, lmdb_error, random_bytes
+from ._damage import (
+    branch_flag,
+    damage_a_leaf,
+    finished_job,
+    lmdb_abort,
+    lmdb_error,
+    pages_holding,
+    plain_scan,
+    random_bytes,
+    records_roots,
+    unflag,
+)
 
 N = 20_000
 JOB = textwrap.dedent('''
@@ -59,6 +72,18 @@ JOB = textwrap.dedent('''
 def job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The job's script, and the store of its finished run (20,000 items: about 500 pages)."""
     return finished_job(tmp_path_factory.mktemp("salvage"), JOB, N)
+
+
+@pytest.fixture(scope="module")
+def two(job: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The finished store of ``job`` with a second execution, "k", of the same job run to the end."""
+    script, good = job
+    store = tmp_path_factory.mktemp("two") / "store"
+    shutil.copytree(good, store)
+    second = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, timeout=300, check=False,
+                            env={**os.environ, "SALVAGE_EXECUTION": "k"})
+    assert f"RESULT {N}".encode() in second.stdout, second.stderr.decode()
+    return store
 
 
 def damaged_copy(good: Path, tmp_path: Path, damage: Callable[[Path], None]) -> Path:
@@ -198,31 +223,88 @@ def test_a_store_cut_short(tmp_path: Path, job: tuple[Path, Path]) -> None:
     check_salvage(script, damaged, new, tmp_path, out, before)
 
 
-def test_records_past_the_reach_of_lmdb_are_read_from_the_pages(tmp_path: Path, job: tuple[Path, Path]) -> None:
-    """Two executions, then the store cut to three quarters: the pages written last, where the roots
-    of LMDB's trees are, are gone, and LMDB reaches few records. The leaves left in the file are read
+def test_records_past_the_reach_of_lmdb_are_read_from_the_pages(tmp_path: Path, job: tuple[Path, Path],
+                                                                two: Path) -> None:
+    """Two executions, then the store cut short: the pages written last, where the roots of LMDB's
+    trees are, are gone, and LMDB reaches few records. The leaves left in the file are read
     directly: most records come back, every one right, and each execution's next run runs exactly
-    what was lost."""
-    script, good = job
-    store = tmp_path / "two"
-    shutil.copytree(good, store)
-    second = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, timeout=300, check=False,
-                            env={**os.environ, "SALVAGE_EXECUTION": "k"})
-    assert f"RESULT {N}".encode() in second.stdout, second.stderr.decode()
-    data = store / "data.mdb"
-    os.truncate(data, data.stat().st_size * 3 // 4 // 4096 * 4096)
-    before = fingerprint(store)
-    new = tmp_path / "new"
-    out = salvage(str(new), "--store", str(store), "--json")
-    assert out.returncode == 1 and "Traceback" not in out.stderr, (out.stdout, out.stderr)
-    report = json.loads(out.stdout)
-    assert report["from_pages"] > 0 and not report["complete"], report
-    saved = {execution: item_results(new, execution) for execution in ("j", "k")}
-    assert sum(map(len, saved.values())) >= N, report  # LMDB alone reached fewer than half
-    assert fingerprint(store) == before
+    what was lost. Which records LMDB still reaches, and which the cut takes, depends on how the two
+    runs' commits fell: the cut is at three quarters of the file, else at the first of a few other
+    places where the pages give back records and at least half of them all come back."""
+    script, _ = job
+    for cut in (3 / 4, 2 / 3, 5 / 6, 7 / 8, 3 / 5, 4 / 5, 1 / 2):
+        store, new = tmp_path / f"cut-{cut:.3f}", tmp_path / f"new-{cut:.3f}"
+        shutil.copytree(two, store)
+        data = store / "data.mdb"
+        os.truncate(data, int(data.stat().st_size * cut) // 4096 * 4096)
+        before = fingerprint(store)
+        out = salvage(str(new), "--store", str(store), "--json")
+        assert out.returncode == 1 and "Traceback" not in out.stderr, (out.stdout, out.stderr)
+        report = json.loads(out.stdout)
+        assert not report["complete"] and fingerprint(store) == before, report
+        saved = {execution: item_results(new, execution) for execution in ("j", "k")}
+        if report["from_pages"] > 0 and sum(map(len, saved.values())) >= N:
+            break
+    assert report["from_pages"] > 0 and sum(map(len, saved.values())) >= N, report
     for execution, results in saved.items():
         assert all(value == {"i": i, "sq": i * i} for i, value in results.items())
         assert rerun(script, new, tmp_path, execution) == set(range(N)) - set(results)
+        assert item_results(new, execution) == {i: {"i": i, "sq": i * i} for i in range(N)}
+
+
+def test_a_map_that_lost_items_where_lmdb_reads_nothing_is_resumed(tmp_path: Path, job: tuple[Path, Path]) -> None:
+    """The records tree's root is damaged (LMDB reads no record: the range it could not read has no
+    bounds) and so is every copy of the leaf holding item 10,000: the pages give back every record but
+    that leaf's, the map's own finished record among them. The map is reopened all the same, and the
+    next run runs exactly the lost items (it once replayed the map without them)."""
+    script, good = job
+    store = tmp_path / "damaged"
+    shutil.copytree(good, store)
+    data = (store / "data.mdb").read_bytes()
+    with open(store / "data.mdb", "r+b") as fh:
+        for page in records_roots(data) | pages_holding(store, op_key("j", (1, N // 2))):
+            unflag(fh, page)
+    assert lmdb_error(plain_scan(store))
+    before, new, out = salvage_copy(store, tmp_path)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "LOST: unreadable records: keys after (none) and before (none)" in out.stdout, out.stdout
+    assert "reopened j:1 (it lost records)" in out.stdout and FOUND_IN_PAGES in out.stdout, out.stdout
+    lost = check_salvage(script, store, new, tmp_path, out, before)
+    assert N // 2 in lost and len(lost) < 200 and max(lost) - min(lost) == len(lost) - 1, sorted(lost)
+
+
+def test_damage_that_kills_the_reader_at_every_probe_past_it(tmp_path: Path, job: tuple[Path, Path],
+                                                              two: Path) -> None:
+    """Execution k's records taken out of every leaf: the leaves that hold only k's zeroed, the
+    nodes of k cut from the end of a leaf that holds the last of j's too. Each key LMDB is asked for
+    past j's last item then lands on j's last leaf and kills the reader as it steps on into a zeroed
+    page (LMDB's assertion). Probing every 16th key gives up after a few deaths (once 4,096 process
+    starts, three minutes), and the salvage still saves every record left: k's next run runs them all."""
+    script, _ = job
+    store = tmp_path / "damaged"
+    shutil.copytree(two, store)
+    keys: dict[int, list[bytes]] = {}
+    for page, key, _ in leaf_nodes(str(store / "data.mdb"), 4096):
+        keys.setdefault(page, []).append(key)
+    with open(store / "data.mdb", "r+b") as fh:
+        for page, held in keys.items():
+            of_k = sum(key.startswith(b"k\x00") for key in held)
+            if of_k == len(held):
+                fh.seek(page * 4096)
+                fh.write(bytes(4096))
+            elif of_k:  # k's keys are the last of the leaf: fewer node offsets (``lower``) leave them out
+                fh.seek(page * 4096 + 12)
+                fh.write((16 + 2 * (len(held) - of_k)).to_bytes(2, "little"))
+    before, new, out = salvage_copy(store, tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, (out.stdout, out.stderr)
+    deaths = re.search(r"the reading process died (\d+) time\(s\).*SIGABRT", out.stdout)
+    assert deaths and int(deaths[1]) < 300, out.stdout
+    assert "LOST: unreadable records: keys after j:1/19999 and before (none)" in out.stdout, out.stdout
+    assert fingerprint(store) == before and len(item_results(new, "j")) == N
+    for execution in ("j", "k"):
+        saved = item_results(new, execution)
+        assert all(value == {"i": i, "sq": i * i} for i, value in saved.items())
+        assert rerun(script, new, tmp_path, execution) == set(range(N)) - set(saved)
         assert item_results(new, execution) == {i: {"i": i, "sq": i * i} for i in range(N)}
 
 

@@ -61,6 +61,7 @@ _NO_KEY_LENGTH = 16  # the width of probe keys when no key was read yet
 _STRIDE = 16  # probing on after a failure: every 16th key first (a leaf holds 40 to 100 items)
 _DENSE_PROBES = 4096  # that many (65,536 items on), then ever further apart
 _PROBE_BATCH = 256  # probes a message
+_DENSE_DEATHS = 32  # the reader's deaths (a process start each) probing densely, at most, before probing apart
 
 Row = tuple[bytes, bytes]
 
@@ -270,36 +271,48 @@ class _Scanner:
                 return found
         return probe
 
-    def first_readable(self, keys: list[bytes]) -> int | None:
-        """The position in ``keys`` of the first from which reading works, None when none does."""
+    def first_readable(self, keys: list[bytes], deaths: int) -> tuple[int | None, int]:
+        """The position in ``keys`` of the first from which reading works (None when none does), and
+        how many of them were tried: all, unless probing them killed the reader ``deaths`` times."""
         try:
             reply = self.child.ask(("probes", self.db, keys))
             answers = reply[1] if reply[0] == "probed" else []
-            return len(answers) - 1 if answers and answers[-1][0] != "error" else None
+            return (len(answers) - 1 if answers and answers[-1][0] != "error" else None), len(keys)
         except _Died:  # one of them killed the reader: probe them one by one
-            return next((n for n, key in enumerate(keys) if self.probe(key)[0]), None)
+            start = len(self.child.crashes)
+            for n, key in enumerate(keys):
+                if self.probe(key)[0]:
+                    return n, n + 1
+                if len(self.child.crashes) - start >= deaths - 1:
+                    return None, n + 1
+            return None, len(keys)
 
     def find_readable(self, after: bytes | None, high: bytes | None, *, dense_only: bool = False) -> bytes | None:
         """The smallest probe key above ``after`` from which reading works: ``high`` when none below
         it does (None: when none does at all). Probes every _STRIDE-th key (as numbers of len(after)
-        bytes) first, then ever further apart, then bisects."""
+        bytes) first, until that has killed the reader _DENSE_DEATHS times (each costs a process
+        start: a damaged branch page can make every key below it kill the reader), then ever further
+        apart, then bisects."""
         width = len(after) if after else _NO_KEY_LENGTH
         base = int.from_bytes(after.ljust(width, b"\x00"), "big") if after else 0
         limit = 256**width
         if high is not None:  # probe keys of ``width`` bytes below ``high``: values below this
             limit = min(limit, int.from_bytes(high[:width].ljust(width, b"\x00"), "big") + (len(high) > width))
         failed, step, worked = base, 1, limit
+        deaths = len(self.child.crashes) + _DENSE_DEATHS
         for first in range(1, _DENSE_PROBES + 1, _PROBE_BATCH):
             values = [v for v in range(base + first * _STRIDE, base + (first + _PROBE_BATCH) * _STRIDE, _STRIDE)
                       if v < limit]
-            hit = self.first_readable([v.to_bytes(width, "big") for v in values]) if values else None
+            if not values:
+                break
+            hit, tried = self.first_readable([v.to_bytes(width, "big") for v in values],
+                                             deaths - len(self.child.crashes))
             if hit is not None:
                 failed, worked = (values[hit - 1] if hit else failed), values[hit]
                 break
-            if not values or len(values) < _PROBE_BATCH:
-                failed = values[-1] if values else failed
+            failed = values[tried - 1]
+            if tried < _PROBE_BATCH:  # the last values below ``limit``, or the deaths allowed
                 break
-            failed = values[-1]
         if worked == limit and dense_only:
             return high
         base, step = failed, 1
