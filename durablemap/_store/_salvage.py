@@ -7,14 +7,14 @@ file and walks each database with a cursor, sending back records in batches. A d
 itself as an LMDB error, or kills the child (LMDB's assertion calls abort(); a page past the end of
 a file cut short is SIGBUS): the parent then knows the last key it received, K, restarts the child
 and finds where reading can resume, by asking the child for the first key at or after probe keys
-above K, keys taken as numbers of len(K) bytes: K + 16, K + 32, ... (4,096 of them, 256 a message),
-then ever further apart (doubling), then bisecting between the last probe that failed and the first
-that worked. From that point it reads backwards down to the damage (one record a message, so a crash
-loses none) and forwards on. Between K and the first key read back lies a range of keys that could
-not be read: reported, and searched again for readable records in the same way. When not even the
-first record can be read, the search starts from item 0 of the first operations of each execution
-the store's index names. Every probe that fails costs microseconds when LMDB reports an error, and
-a process start (about 0.15 s) when it aborts.
+above K, keys taken as numbers of len(K) bytes: K + 16, K + 32, ... (4,096 of them, 256 a message;
+fewer once they have killed the child 32 times), then ever further apart (doubling), then bisecting
+between the last probe that failed and the first that worked. From that point it reads backwards
+down to the damage (one record a message, so a crash loses none) and forwards on. Between K and the
+first key read back lies a range of keys that could not be read: reported, and searched again for
+readable records in the same way. When not even the first record can be read, the search starts from
+item 0 of the first operations of each execution the store's index names. Every probe that fails
+costs microseconds when LMDB reports an error, and a process start (about 0.15 s) when it aborts.
 
 What LMDB cannot open at all is prepared first, on a copy written inside the new store's directory
 (and removed at the end): a header page that is overwritten is replaced by the other one (the
