@@ -105,7 +105,7 @@ def _call_branch(context: DurableContext, branch: Callable[[DurableContext], T],
 
 
 def _branch_name(branch: Any, index: int) -> str | None:
-    return branch.name if isinstance(branch, ParallelBranch) and branch.name else None
+    return branch.name if isinstance(branch, ParallelBranch) else None  # "" is a name, as in the SDK
 
 
 def _validate(inputs: Any, func: Any, where: str, what: str) -> None:

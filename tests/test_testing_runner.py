@@ -17,7 +17,9 @@ from durablemap import (
     BatchResult,
     DurableContext,
     ErrorObject,
+    ParallelBranch,
     StepContext,
+    ValidationError,
     durable_execution,
     durable_step,
     durable_with_child_context,
@@ -296,3 +298,47 @@ def test_crash_test_needs_an_importable_handler() -> None:
     from durablemap import ValidationError
     with pytest.raises(ValidationError, match="module level"):
         crash_test(local, {})
+
+
+def named_square(context: DurableContext, item: int, index: int, items: list[int]) -> int:
+    return item * item
+
+
+@durable_execution
+def empty_names(event: Any, context: DurableContext) -> dict[str, Any]:
+    """Item 0 of the map and the first branch named "" (a name, as the AWS SDK keeps it)."""
+    squares = context.map([1, 2], named_square, name="squares",
+                          config=MapConfig(item_namer=lambda item, index: "" if index == 0 else f"sq-{index}"))
+    both = context.parallel([ParallelBranch(func=branch_a, name=""), branch_b], name="branches")
+    return {"squares": squares.get_results(), "both": both.get_results()}
+
+
+def test_an_empty_name_is_kept_for_items_and_branches() -> None:
+    with DurableFunctionTestRunner(empty_names, executor="inline") as runner:
+        result = runner.run(input={})
+    assert result.status is InvocationStatus.SUCCEEDED, result.error
+    assert [child.name for child in result.get_map("squares").children] == ["", "sq-1"]
+    assert [child.name for child in result.get_parallel("branches").children] == ["", "parallel-branch-1"]
+
+
+@durable_execution
+def waits_an_hour(event: Any, context: DurableContext) -> str:
+    context.wait(3600, name="an_hour")
+    return "woke"
+
+
+def test_the_aws_testing_sdk_constructor_options() -> None:
+    """``DurableFunctionTestRunner(handler=..., execution_timeout=..., skip_time=...)`` as the AWS
+    examples' harness builds it: skip_time=True skips the hour's wait; skip_time=False waits it in
+    real time, so the constructor's execution_timeout stops the run. The SDK's service-polling
+    options are accepted."""
+    polling = {"poll_interval": 1.0, "invocation_timeout": 900, "max_invocation_page_bytes": None}
+    with DurableFunctionTestRunner(handler=waits_an_hour, execution_timeout=60, skip_time=True,
+                                   executor="inline", **polling) as runner:
+        assert runner.run(input={}).result == "woke"
+    with DurableFunctionTestRunner(handler=waits_an_hour, execution_timeout=0.5, skip_time=False,
+                                   executor="inline") as runner, \
+            pytest.raises(TimeoutError, match=r"did not finish within 0\.5 s"):
+        runner.run(input={})
+    with pytest.raises(ValidationError, match="opposite things"):
+        DurableFunctionTestRunner(waits_an_hour, real_time=True, skip_time=True)

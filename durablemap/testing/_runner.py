@@ -24,7 +24,7 @@ from enum import StrEnum
 from types import FrameType, TracebackType
 from typing import Any
 
-from durablemap import ErrorObject, SerDesError
+from durablemap import ErrorObject, SerDesError, ValidationError
 from durablemap._clock import Clock, VirtualClock
 from durablemap._execution import DurableFunction, default_execution_id, durable_execution, make_executor
 from durablemap._store import Store
@@ -176,7 +176,7 @@ class OperationView(_OperationSearch):
         self.sub_type = OperationSubType(op.sub_type or "")
         default = _DEFAULT_ITEM_NAMES.get(str(op.sub_type))
         #: The operation's name; map items and branches get their default names.
-        self.name: str | None = op.name or (default.format(path[-1]) if default else None)
+        self.name: str | None = op.name if op.name is not None else (default.format(path[-1]) if default else None)
         #: The recorded error (an ErrorObject), or None.
         self.error = op.error
         #: Operation-specific facts the record keeps (attempt, counts, deadline, ...).
@@ -287,11 +287,22 @@ class DurableTestRunner:
     mode = "local"
 
     def __init__(self, handler: Any, *, store: str | os.PathLike[str] | None = None,
-                 workers: int | None = None, executor: Any = None, real_time: bool = False) -> None:
+                 workers: int | None = None, executor: Any = None, real_time: bool | None = None,
+                 skip_time: bool | None = None, execution_timeout: float | None = None,
+                 poll_interval: float | None = None, invocation_timeout: float | None = None,
+                 max_invocation_page_bytes: int | None = None) -> None:
+        """``skip_time`` and ``execution_timeout`` are the AWS testing SDK's names: ``skip_time=False``
+        is ``real_time=True``, and ``execution_timeout`` bounds every ``run`` as ``run``'s own does.
+        The SDK's ``poll_interval``, ``invocation_timeout`` and ``max_invocation_page_bytes`` (of its
+        service polling) are accepted and ignored: a local run has no service to poll."""
+        if real_time is not None and skip_time is not None and real_time == skip_time:
+            raise ValidationError(f"DurableTestRunner(real_time={real_time}, skip_time={skip_time}): the two say "
+                                  "opposite things; pass one of them (skip_time=False is real_time=True)")
         self.handler: DurableFunction = handler if isinstance(handler, DurableFunction) else durable_execution(handler)
         self.store = os.fspath(store) if store is not None else None
         self.workers = workers
-        self.real_time = real_time
+        self.real_time = bool(real_time) if real_time is not None else skip_time is False
+        self.execution_timeout = execution_timeout
         self._own_executor = executor is None or isinstance(executor, str)
         self._executor_arg = executor
         self._executor: Any = None
@@ -330,7 +341,7 @@ class DurableTestRunner:
         if self._executor is None:
             self._executor = make_executor(self._executor_arg, self.workers)
         clock: Clock = Clock() if self.real_time else VirtualClock()
-        limits = [t for t in (timeout, execution_timeout) if t is not None]
+        limits = [t for t in (timeout, execution_timeout, self.execution_timeout) if t is not None]
         execution_id = TEST_EXECUTION_ID if self.store is None else None
         status, value, error = InvocationStatus.SUCCEEDED, None, None
         try:
