@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -217,3 +219,46 @@ def crash_count(store_path: Path) -> int:
         return int(decode_record(raw).get("crashes", 0)) if raw else 0
     finally:
         store.close()
+
+
+AGAIN = textwrap.dedent('''
+    import os, shutil, sys
+    from durablemap import durable_execution
+    from durablemap.store import StoreReader
+
+    LOG, STORE = sys.argv[1], sys.argv[2]
+    OFFSET = 0
+
+    def work(context, item, index, items):
+        with open(LOG, "a") as fh:
+            fh.write(f"{OFFSET} {index}\\n")
+        return item * item + OFFSET
+
+    @durable_execution
+    def handler(event, context):
+        return context.map(list(range(50)), work, name="squares").get_results()
+
+    if __name__ == "__main__":
+        first = handler.run(None, store=STORE, execution_id="job", workers=2, progress=False)
+        shutil.rmtree(STORE)  # as a user clears a job's store to start over, in the same process
+        OFFSET = 100
+        again = handler.run(None, store=STORE, execution_id="job", workers=2, progress=False)
+        with StoreReader.open(STORE) as reader:
+            stored = sorted(item.result for item in reader.items("job", "1"))
+        print(first == [i * i for i in range(50)], again == [i * i + 100 for i in range(50)],
+              stored == [i * i + 100 for i in range(50)])
+''')
+
+
+def test_a_store_deleted_and_made_again_in_one_process_is_the_new_one(tmp_path: Path) -> None:
+    """The job's process (and its worker pool) keeps the store open between runs; after the store
+    directory is deleted, the next run in that process must run every item again and record them in
+    the store now at that path, not replay the deleted one's records, nor write into its deleted
+    files (nothing would be durable)."""
+    script, log = tmp_path / "again.py", tmp_path / "log"
+    script.write_text(AGAIN)
+    out = subprocess.run([sys.executable, str(script), str(log), str(tmp_path / "store")], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert out.returncode == 0 and out.stdout.split() == ["True", "True", "True"], (out.stdout, out.stderr)
+    runs = [line.split() for line in log.read_text().splitlines()]
+    assert sorted(int(index) for offset, index in runs if offset == "100") == list(range(50))

@@ -220,7 +220,8 @@ class Store(_SideTables):
 
     @classmethod
     def for_process(cls, path: str | os.PathLike[str]) -> Store:
-        """The calling process's writable store for ``path``, opened once and kept open.
+        """The calling process's writable store for ``path``, opened once and kept open (and
+        opened again when its files were deleted or replaced since, see ``SharedEnv.gone``).
 
         Keyed by real path and pid, so a forked child opens its own environment instead of using
         its parent's handle (which LMDB forbids).
@@ -228,6 +229,8 @@ class Store(_SideTables):
         key = (os.path.realpath(path), os.getpid())
         with _process_stores_lock:
             store = _process_stores.get(key)
+            if store is not None and not store.closed and store._env().gone:
+                store.close()  # its files were deleted or replaced: open the store there now
             if store is None or store.closed:
                 store = _process_stores[key] = cls.open(path)
             return store

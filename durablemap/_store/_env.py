@@ -134,6 +134,15 @@ class SharedEnv:
         self.refs = 0
         self.gate = _Gate()
         self.dbs: dict[bytes, Any] = {}
+        #: The device and inode of the data.mdb opened (see ``gone``).
+        self.identity = data_file_identity(path)
+
+    @property
+    def gone(self) -> bool:
+        """Whether the store's data.mdb was removed or replaced since this environment opened it
+        (the directory deleted and made again, say): what this environment writes then goes to a
+        file no other process will read, and it reads records the store no longer holds."""
+        return data_file_identity(self.path) != self.identity
 
     def error(self, operation: str, exc: BaseException) -> StoreError:
         """A StoreError naming the store, the failed operation, the cause and the fix."""
@@ -405,12 +414,26 @@ _registry: dict[tuple[str, int], SharedEnv] = {}
 _registry_lock = threading.Lock()
 
 
+def data_file_identity(real: str) -> tuple[int, int] | None:
+    """``(device, inode)`` of the store's data.mdb; None when there is none."""
+    try:
+        status = os.stat(os.path.join(real, "data.mdb"))
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
 def acquire_env(path: Path, *, readonly: bool, map_size: int) -> SharedEnv:
-    """The process's shared environment for ``path``, opened on first use; adds a reference."""
+    """The process's shared environment for ``path``, opened on first use; adds a reference. An
+    environment whose data.mdb is gone (``SharedEnv.gone``) is left to the handles that hold it, and
+    the store now at ``path`` is opened."""
     real = check_directory(path, readonly=readonly)
     key = (real, os.getpid())
     with _registry_lock:
         shared = _registry.get(key)
+        if shared is not None and shared.gone:
+            del _registry[key]
+            shared = None
         if shared is None:
             _refuse_if_inherited(real)
             shared = _open_env(real, readonly=readonly, map_size=map_size)
@@ -447,7 +470,9 @@ def release_env(shared: SharedEnv) -> None:
         shared.refs -= 1
         if shared.refs > 0:
             return
-        _registry.pop((shared.path, os.getpid()), None)
+        key = (shared.path, os.getpid())
+        if _registry.get(key) is shared:  # not when a newer environment of the path replaced it
+            del _registry[key]
         shared.env.close()
 
 
