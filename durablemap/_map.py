@@ -204,7 +204,9 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
         raise fail(exc.__cause__ or exc) from exc.__cause__
     finally:
         executor.unpublish(ref)
-    result: BatchResult[Any] = BatchResult(outcome.items, outcome.reason) if outcome.items is not None else (
+    # The board's counts come along, so that counting and the absence of failures need no scan.
+    counts = (outcome.succeeded, outcome.failed, len(outcome.started))
+    result: BatchResult[Any] = BatchResult(outcome.items, outcome.reason, counts) if outcome.items is not None else (
         _stored.stored_result(state.store(), state.execution_id, path, item_serdes, inputs=len(inputs),
                               reason=outcome.reason, started=outcome.started, succeeded=outcome.succeeded,
                               failed=outcome.failed))

@@ -46,6 +46,18 @@ def failing_map(event: dict[str, Any], context: DurableContext) -> BatchResult[i
     return context.map(items, index_or_raise, name="scenario", config=config)
 
 
+def assert_counts_are_the_items(result: BatchResult[Any]) -> None:
+    """What a result counts (kept from the map's board, no scan) is what its items say."""
+    items = list(result.all)
+    of = {status: [item for item in items if item.status.value == status] for status in ("SUCCEEDED", "FAILED",
+                                                                                          "STARTED")}
+    assert (result.success_count, result.failure_count, result.started_count, result.total_count) == (
+        len(of["SUCCEEDED"]), len(of["FAILED"]), len(of["STARTED"]), len(items))
+    assert result.has_failure == bool(of["FAILED"])
+    assert (result.succeeded(), result.failed(), result.started()) == (of["SUCCEEDED"], of["FAILED"], of["STARTED"])
+    assert result.get_errors() == [item.error for item in of["FAILED"]]
+
+
 def statuses(result: BatchResult[Any]) -> list[tuple[int, str]]:
     return [(item.index, item.status.value[:2] if item.status.value != "SUCCEEDED" else "S")
             for item in result.all]
@@ -89,6 +101,7 @@ def test_completion_scenarios(tmp_path: Path, completion: CompletionConfig, n: i
     assert statuses(result) == expected
     assert result.completion_reason is reason
     assert result.total_count == len(expected)
+    assert_counts_are_the_items(result)
     for item in result.failed():
         assert item.error is not None and item.error.type == "ValueError"
         assert item.error.message == f"bad{item.index}"
@@ -182,6 +195,7 @@ def test_early_completion_reports_in_flight_items_started_without_waiting(tmp_pa
     assert all(status == "STARTED" for index, status in by_index.items() if index != 1)
     assert 0 in by_index
     assert not list(tmp_path.glob("done-*")), "map waited for items in flight"
+    assert_counts_are_the_items(result)
     # Replay reports the same STARTED items.
     again = early_exit.run({"dir": str(tmp_path)}, store=tmp_path / "s", workers=2)
     assert again.to_dict() == result.to_dict()
