@@ -129,3 +129,21 @@ def unflag(fh: object, page: int) -> None:
     reading of the file's pages takes it for no leaf."""
     fh.seek(page * PAGE + 10)  # type: ignore[attr-defined]
     fh.write(bytes(2))  # type: ignore[attr-defined]
+
+
+def take_out(store: Path, prefix: bytes) -> None:
+    """Take the records whose keys start with ``prefix`` (say an execution's, the last in key order)
+    out of every leaf of data.mdb, live or freed: a leaf that holds only theirs is zeroed; from a
+    leaf where they follow others, they are cut off (fewer node offsets, a smaller ``lower``)."""
+    keys: dict[int, list[bytes]] = {}
+    for page, key, _ in leaf_nodes(str(store / "data.mdb"), PAGE):
+        keys.setdefault(page, []).append(key)
+    with open(store / "data.mdb", "r+b") as fh:
+        for page, held in keys.items():
+            theirs = sum(key.startswith(prefix) for key in held)
+            if theirs == len(held):
+                fh.seek(page * PAGE)
+                fh.write(bytes(PAGE))
+            elif theirs:
+                fh.seek(page * PAGE + 12)
+                fh.write((16 + 2 * (len(held) - theirs)).to_bytes(2, "little"))

@@ -41,6 +41,7 @@ from ._damage import (
     plain_scan,
     random_bytes,
     records_roots,
+    take_out,
     unflag,
 )
 
@@ -283,18 +284,7 @@ def test_damage_that_kills_the_reader_at_every_probe_past_it(tmp_path: Path, job
     script, _ = job
     store = tmp_path / "damaged"
     shutil.copytree(two, store)
-    keys: dict[int, list[bytes]] = {}
-    for page, key, _ in leaf_nodes(str(store / "data.mdb"), 4096):
-        keys.setdefault(page, []).append(key)
-    with open(store / "data.mdb", "r+b") as fh:
-        for page, held in keys.items():
-            of_k = sum(key.startswith(b"k\x00") for key in held)
-            if of_k == len(held):
-                fh.seek(page * 4096)
-                fh.write(bytes(4096))
-            elif of_k:  # k's keys are the last of the leaf: fewer node offsets (``lower``) leave them out
-                fh.seek(page * 4096 + 12)
-                fh.write((16 + 2 * (len(held) - of_k)).to_bytes(2, "little"))
+    take_out(store, b"k\x00")
     before, new, out = salvage_copy(store, tmp_path)
     assert out.returncode == 1 and "Traceback" not in out.stderr, (out.stdout, out.stderr)
     deaths = re.search(r"the reading process died (\d+) time\(s\).*SIGABRT", out.stdout)
@@ -388,8 +378,6 @@ def test_a_store_open_in_another_process_is_refused(tmp_path: Path, job: tuple[P
 def test_reading_pages_of_random_bytes_never_fails(tmp_path: Path) -> None:
     """Pages read directly may hold anything: laid out as leaves or not, offsets and sizes pointing
     anywhere (past the page, past the file); reading them yields what fits and never raises."""
-    from durablemap._store._pages import leaf_nodes
-
     rng = random.Random(17)
     data = bytearray(rng.randbytes(4096 * 64))
     for page in range(2, 64, 2):  # every other page flagged as a leaf, with a plausible lower/upper

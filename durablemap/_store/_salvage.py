@@ -273,17 +273,17 @@ class _Scanner:
 
     def first_readable(self, keys: list[bytes], deaths: int) -> tuple[int | None, int]:
         """The position in ``keys`` of the first from which reading works (None when none does), and
-        how many of them were tried: all, unless probing them killed the reader ``deaths`` times."""
+        how many of them were tried: all, unless the reader's deaths reached ``deaths`` (a count of
+        ``self.child.crashes``) while probing them."""
         try:
             reply = self.child.ask(("probes", self.db, keys))
             answers = reply[1] if reply[0] == "probed" else []
             return (len(answers) - 1 if answers and answers[-1][0] != "error" else None), len(keys)
         except _Died:  # one of them killed the reader: probe them one by one
-            start = len(self.child.crashes)
             for n, key in enumerate(keys):
                 if self.probe(key)[0]:
                     return n, n + 1
-                if len(self.child.crashes) - start >= deaths - 1:
+                if len(self.child.crashes) >= deaths:
                     return None, n + 1
             return None, len(keys)
 
@@ -305,8 +305,7 @@ class _Scanner:
                       if v < limit]
             if not values:
                 break
-            hit, tried = self.first_readable([v.to_bytes(width, "big") for v in values],
-                                             deaths - len(self.child.crashes))
+            hit, tried = self.first_readable([v.to_bytes(width, "big") for v in values], deaths)
             if hit is not None:
                 failed, worked = (values[hit - 1] if hit else failed), values[hit]
                 break
