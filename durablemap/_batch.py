@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError
 from functools import partial
+from itertools import compress, repeat
 from operator import countOf, itemgetter
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -41,6 +42,7 @@ _STARTED = BatchItemStatus.STARTED
 # Enum lookup by value goes through EnumMeta.__call__; a dict is several times faster on big results.
 _STATUS_BY_VALUE: dict[str, BatchItemStatus] = {s.value: s for s in BatchItemStatus}
 _tuple_new = tuple.__new__
+_set = object.__setattr__
 
 
 class BatchItem(tuple[Any, ...], Generic[R]):
@@ -142,12 +144,50 @@ _get_status = itemgetter(1)
 _COUNT_OF = {_SUCCEEDED: 0, _FAILED: 1, _STARTED: 2}
 
 
-@dataclass(frozen=True)
+class ItemColumns:
+    """A small map's finished items as its board kept them, by index: ``values`` (the result of each
+    SUCCEEDED item, else None), ``codes`` (a byte per index: 0 not started, 1 STARTED, 2 SUCCEEDED,
+    3 FAILED) and ``errors`` (the ErrorObject of each FAILED index). A `BatchResult` built on them
+    makes its `BatchItem` list only when ``all`` is first read: ``get_results()`` and the counts
+    need none."""
+
+    __slots__ = ("codes", "errors", "values")
+
+    def __init__(self, values: list[Any], codes: bytes, errors: dict[int, ErrorObject]) -> None:
+        self.values, self.codes, self.errors = values, codes, errors
+
+    def items(self) -> list[BatchItem[Any]]:
+        """The started items in index order."""
+        codes, values, n = self.codes, self.values, len(self.codes)
+        if codes.count(SUCCEEDED_CODE) == n:
+            return BatchItem.from_rows(zip(range(n), repeat(_SUCCEEDED), values, repeat(None)))
+        errors = self.errors
+        return BatchItem.from_rows((index, _STATUS_OF_CODE[code], values[index], errors.get(index))
+                                   for index, code in enumerate(codes) if code)
+
+    def results(self) -> list[Any]:
+        """The results of the SUCCEEDED items in index order: a new list."""
+        codes = self.codes
+        if codes.count(SUCCEEDED_CODE) == len(codes):
+            return self.values[:]
+        return list(compress(self.values, map(SUCCEEDED_CODE.__eq__, codes)))
+
+
+#: The codes of `ItemColumns.codes`, a byte per index: the item board's (see _board).
+NEW_CODE, RUNNING_CODE, SUCCEEDED_CODE, FAILED_CODE = 0, 1, 2, 3
+#: The status of each code but NEW_CODE (whose items are left out): RUNNING_CODE is STARTED.
+_STATUS_OF_CODE: tuple[BatchItemStatus, ...] = (_STARTED, _STARTED, _SUCCEEDED, _FAILED)
+
+
 class BatchResult(Generic[R]):
     """The items a batch started, in index order, and why the batch completed.
 
     Items never started (the batch completed early) are absent, so `total_count` may be less than the
     number of inputs. Item failures are not raised by ``map``; call `throw_if_error` for that.
+    Immutable, and equal to another when their ``all`` and ``completion_reason`` are.
+
+    A map's result builds its list of items the first time ``all`` (or ``results``, iteration...) is
+    read: ``get_results()`` and the counts read the map's own columns of results and statuses.
 
     The result of a large map (a million inputs or more) does not hold its items: ``all`` is then a
     read-only sequence that reads them from the store a page at a time, and ``counts`` gives the
@@ -155,15 +195,67 @@ class BatchResult(Generic[R]):
     Pickled, such a result becomes an ordinary one holding every item.
     """
 
-    all: Sequence[BatchItem[R]]
+    __slots__ = ("_all", "_columns", "completion_reason", "counts")
+    __match_args__ = ("all", "completion_reason")
+
+    _all: Sequence[BatchItem[R]] | None
+    _columns: ItemColumns | None
+    #: Why the batch completed.
     completion_reason: CompletionReason
-    #: ``(succeeded, failed, started)`` when known without reading the items (a result read from the store).
-    counts: tuple[int, int, int] | None = field(default=None, compare=False, repr=False)
+    #: ``(succeeded, failed, started)`` when known without reading the items.
+    counts: tuple[int, int, int] | None
+
+    def __init__(self, all: Sequence[BatchItem[R]], completion_reason: CompletionReason,
+                 counts: tuple[int, int, int] | None = None) -> None:
+        _set(self, "_all", all)
+        _set(self, "_columns", None)
+        _set(self, "completion_reason", completion_reason)
+        _set(self, "counts", counts)
+
+    @classmethod
+    def of_columns(cls, columns: ItemColumns, completion_reason: CompletionReason,
+                   counts: tuple[int, int, int]) -> BatchResult[Any]:
+        """The result of a map whose items are ``columns`` and whose counts are ``counts``."""
+        result: BatchResult[Any] = cls.__new__(cls)
+        _set(result, "_all", None)
+        _set(result, "_columns", columns)
+        _set(result, "completion_reason", completion_reason)
+        _set(result, "counts", counts)
+        return result
+
+    @property
+    def all(self) -> Sequence[BatchItem[R]]:
+        """Every started item in index order (a list, unless the map was large: see the class)."""
+        items = self._all
+        if items is None:
+            assert self._columns is not None
+            with paused(promote=True):
+                items = self._columns.items()
+            _set(self, "_all", items)
+        return items
 
     @property
     def results(self) -> Sequence[BatchItem[R]]:
         """The same sequence as ``all``: every started item in index order."""
         return self.all
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}: a BatchResult is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}: a BatchResult is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, BatchResult)
+        return (self.all, self.completion_reason) == (other.all, other.completion_reason)
+
+    def __hash__(self) -> int:
+        return hash((self.all, self.completion_reason))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}(all={self.all!r}, completion_reason={self.completion_reason!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
         items = self.all if isinstance(self.all, list) else list(self.all)
@@ -193,6 +285,8 @@ class BatchResult(Generic[R]):
 
     def get_results(self) -> list[R | None]:
         """The results of the SUCCEEDED items, in index order (a None result is kept)."""
+        if self._columns is not None:
+            return self._columns.results()
         return [item[2] for item in self.all if item[1] == _SUCCEEDED]
 
     def get_errors(self) -> list[ErrorObject | None]:
@@ -249,6 +343,8 @@ class BatchResult(Generic[R]):
     @property
     def total_count(self) -> int:
         """Number of started items (``len(all)``), not the number of inputs."""
+        if self.counts is not None and self._all is None:
+            return sum(self.counts)
         return len(self.all)
 
     def _rows(self) -> Iterator[dict[str, Any]]:

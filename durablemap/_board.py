@@ -3,41 +3,50 @@ the counts, and the completion policy's verdict. Pure bookkeeping: no processes,
 
 Items are taken in ascending index order. The state of all items is one ``bytearray`` (a byte per
 item: new, running, succeeded, failed), so finding the next new items and marking a chunk running
-are C-speed slices, not loops. A small map's board also keeps its finished items (its BatchResult
-is built from them); a large map's keeps nothing but the bytes and the counts: its items stay in
-the store, and its BatchResult reads them from there (``_stored``).
+are C-speed slices, not loops. A small map's board also keeps the values and errors of its finished
+items, by index (its BatchResult is built on them and the bytes, see ``ItemColumns``); a large map's
+keeps nothing but the bytes and the counts: its items stay in the store, and its BatchResult reads
+them from there (``_stored``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import repeat
-from typing import Any, cast
+from typing import Any
 
-from durablemap._batch import BatchItem, BatchItemStatus, CompletionReason
+from durablemap._batch import (
+    FAILED_CODE,
+    NEW_CODE,
+    RUNNING_CODE,
+    SUCCEEDED_CODE,
+    BatchItem,
+    BatchItemStatus,
+    CompletionReason,
+    ItemColumns,
+)
 from durablemap._completion import CompletionPolicy, status_snapshot
 from durablemap._errors import ErrorObject
 from durablemap.executors._base import ChunkResult
 
 __all__ = ["ItemBoard", "MapOutcome"]
 
-NEW, RUNNING, SUCCEEDED, FAILED = 0, 1, 2, 3
+NEW, RUNNING, SUCCEEDED, FAILED = NEW_CODE, RUNNING_CODE, SUCCEEDED_CODE, FAILED_CODE
 _NOT_NEW = re.compile(rb"[^\x00]")
 _RUNNING_BYTE = re.compile(rb"\x01")
 _RUN_LENGTH = 16384  # the longest run of codes sliced at once (the largest chunk)
 _SUCCEEDED_RUN = bytes([SUCCEEDED]) * _RUN_LENGTH
 _RUNNING_RUN = bytes([RUNNING]) * _RUN_LENGTH
 _STATUS_OF_CODE = (None, BatchItemStatus.STARTED, BatchItemStatus.SUCCEEDED, BatchItemStatus.FAILED)
+_SUCCEEDED_STATUS = BatchItemStatus.SUCCEEDED
 
 
 @dataclass
 class MapOutcome:
-    """The items (index order, started only; None when the board keeps none), the completion
-    reason, and the counts."""
+    """The started items (None when the board keeps none), the completion reason, and the counts."""
 
-    items: list[BatchItem[Any]] | None
+    items: ItemColumns | None
     reason: CompletionReason
     started: list[int]
     succeeded: int
@@ -59,14 +68,15 @@ class ItemBoard:
         (SUCCEEDED, FAILED, else NEW), one per item; then the board keeps no items."""
         self.n, self.policy, self.predicate, self.names = n, policy, predicate, names
         self.codes = bytearray(n) if done is None else bytearray(done)
-        self.items: list[BatchItem[Any] | None] | None = [None] * n if done is None else None
+        #: The result of each SUCCEEDED item and the error of each FAILED one (None: kept in the store).
+        self.values: list[Any] | None = [None] * n if done is None else None
+        self.errors: dict[int, ErrorObject] = {}
         self.succeeded, self.failed = self.codes.count(SUCCEEDED), self.codes.count(FAILED)
         self.in_flight = self.cursor = 0
         for index, item in prior.items():
-            ok = item.status == BatchItemStatus.SUCCEEDED
+            ok = item.status == _SUCCEEDED_STATUS
             self.codes[index] = SUCCEEDED if ok else FAILED
-            if self.items is not None:
-                self.items[index] = item
+            self._keep(index, ok, item.result, item.error)
             self.succeeded += ok
             self.failed += not ok
         self.decision: Any = None
@@ -145,19 +155,18 @@ class ItemBoard:
         """Record a chunk's items as finished; returns how many SUCCEEDED and FAILED."""
         if self.bulk and not result.errors and isinstance(result.indexes, range):
             return self._finish_range(result.indexes, result.values), 0
-        if self.items is not None:
-            return self.finish_items(_items(result))
         errors = result.errors
-        return self._finish((index, position not in errors, None)
+        if self.values is not None:
+            return self._finish(_outcomes(result))
+        return self._finish((index, position not in errors, None, None)
                             for position, index in zip(range(result.ran), result.indexes, strict=False))
 
     def _finish_range(self, indexes: range, values: list[Any]) -> int:
         """Count a contiguous run of SUCCEEDED items at once (no criterion can stop the map early)."""
         start, stop = indexes.start, indexes.stop
         count = stop - start
-        if self.items is not None:
-            self.items[start:stop] = BatchItem.from_rows(
-                zip(indexes, repeat(BatchItemStatus.SUCCEEDED), values, repeat(None)))
+        if self.values is not None:
+            self.values[start:stop] = values
         self.codes[start:stop] = _SUCCEEDED_RUN[:count]
         self.in_flight -= count
         self.succeeded += count
@@ -165,24 +174,24 @@ class ItemBoard:
         return count
 
     def finish_items(self, finished: list[BatchItem[Any]]) -> tuple[int, int]:
-        """Record items as finished (those still running), in the order they finished, until the map
-        is complete: later ones stay in flight (reported STARTED, as the SDK reports items still
-        running when its completion criterion fires). Returns how many SUCCEEDED and FAILED."""
-        return self._finish((item.index, item.status == BatchItemStatus.SUCCEEDED, item) for item in finished)
+        """Record items as finished (see ``_finish``); returns how many SUCCEEDED and FAILED."""
+        return self._finish((item[0], item[1] == _SUCCEEDED_STATUS, item[2], item[3]) for item in finished)
 
-    def _finish(self, finished: Iterable[tuple[int, bool, BatchItem[Any] | None]]) -> tuple[int, int]:
-        """Record ``(index, succeeded, item)`` of items as finished (the item kept when the board
-        keeps items), until the map is complete; returns how many SUCCEEDED and FAILED."""
+    def _finish(self, finished: Iterable[tuple[int, bool, Any, ErrorObject | None]]) -> tuple[int, int]:
+        """Record ``(index, succeeded, value, error)`` of items as finished (those still running), in
+        the order they finished, until the map is complete: later ones stay in flight (reported
+        STARTED, as the SDK reports items still running when its completion criterion fires).
+        Returns how many SUCCEEDED and FAILED."""
         succeeded = failed = 0
-        codes, items = self.codes, self.items
-        for index, ok, item in finished:
+        codes, keep = self.codes, self.values is not None
+        for index, ok, value, error in finished:
             if self.reason is not None:
                 break
             if codes[index] != RUNNING:
                 continue
             codes[index] = SUCCEEDED if ok else FAILED
-            if items is not None:
-                items[index] = item
+            if keep:
+                self._keep(index, ok, value, error)
             self.in_flight -= 1
             if ok:
                 self.succeeded += 1
@@ -195,28 +204,35 @@ class ItemBoard:
                 self.counted()
         return succeeded, failed
 
+    def _keep(self, index: int, ok: bool, value: Any, error: ErrorObject | None) -> None:
+        """Keep a finished item's value or error (a board that keeps items)."""
+        values = self.values
+        if values is None:
+            return
+        if ok:
+            values[index] = value
+        else:
+            values[index] = None
+            if error is not None:
+                self.errors[index] = error
+
     def outcome(self) -> MapOutcome:
-        """The started items in index order (those still running as STARTED), and the counts."""
+        """The started items (those still running as STARTED), and the counts. The board is done
+        with: the outcome's items share its values."""
         assert self.reason is not None
         started = [m.start() for m in _RUNNING_BYTE.finditer(self.codes)] if self.in_flight else []
-        if self.items is None:
+        if self.values is None:
             return MapOutcome(None, self.reason, started, self.succeeded, self.failed)
-        for index in started:
-            self.items[index] = BatchItem(index, BatchItemStatus.STARTED)
-        # When every item started there are no gaps to leave out.
-        items = (cast("list[BatchItem[Any]]", self.items) if NEW not in self.codes
-                 else [item for item in self.items if item is not None])
-        return MapOutcome(items, self.reason, started, self.succeeded, self.failed)
+        columns = ItemColumns(self.values, bytes(self.codes), self.errors)
+        return MapOutcome(columns, self.reason, started, self.succeeded, self.failed)
 
 
-def _items(result: ChunkResult) -> list[BatchItem[Any]]:
-    """The BatchItems of a chunk result."""
+def _outcomes(result: ChunkResult) -> Iterator[tuple[int, bool, Any, ErrorObject | None]]:
+    """``(index, succeeded, value, error)`` of each item of a chunk result."""
     errors = result.errors
-    items = []
     for position, (index, value) in enumerate(zip(result.indexes, result.values, strict=False)):
         error = errors.get(position)
         if error is None:
-            items.append(BatchItem(index, BatchItemStatus.SUCCEEDED, value, None))
+            yield index, True, value, None
         else:
-            items.append(BatchItem(index, BatchItemStatus.FAILED, None, ErrorObject.from_dict(error)))
-    return items
+            yield index, False, None, ErrorObject.from_dict(error)

@@ -126,7 +126,7 @@ class Coordinator:
         # The items of a big map are many small tracked objects: with the cyclic collector on, each
         # chunk would set off collections that scan all the items so far. It runs after the map.
         try:
-            with paused(promote=self.board.items is not None):  # a small map's items outlive it
+            with paused(promote=self.board.values is not None):  # a small map's items outlive it
                 return self._run()
         finally:
             if self.memory is not None:

@@ -206,7 +206,8 @@ def _execute(ctx: DurableContext, path: tuple[int, ...], record: Record | None, 
         executor.unpublish(ref)
     # The board's counts come along, so that counting and the absence of failures need no scan.
     counts = (outcome.succeeded, outcome.failed, len(outcome.started))
-    result: BatchResult[Any] = BatchResult(outcome.items, outcome.reason, counts) if outcome.items is not None else (
+    result: BatchResult[Any] = (
+        BatchResult.of_columns(outcome.items, outcome.reason, counts) if outcome.items is not None else
         _stored.stored_result(state.store(), state.execution_id, path, item_serdes, inputs=len(inputs),
                               reason=outcome.reason, started=outcome.started, succeeded=outcome.succeeded,
                               failed=outcome.failed))
@@ -260,7 +261,7 @@ def _record_result(result: BatchResult[Any], meta: dict[str, Any], config: MapCo
                    put: Callable[..., None], fail: Callable[[BaseException], ChildContextError],
                    op_id: str, execution_id: str, flat: bool) -> BatchResult[Any]:
     payload: bytes | str | None = None
-    if config.serdes is not None or len(result.all) < _SURELY_LARGE or flat:
+    if config.serdes is not None or result.total_count < _SURELY_LARGE or flat:
         try:
             payload = serialize_value(config.serdes, result, op_id, execution_id)
         except SerDesError as exc:

@@ -82,7 +82,8 @@ def test_the_board_reports_items_still_running_as_started() -> None:
     assert board.reason == CompletionReason.MIN_SUCCESSFUL_REACHED
     outcome = board.outcome()
     assert outcome.started == [0, 2]
-    assert [item.status for item in outcome.items] == [BatchItemStatus.STARTED, BatchItemStatus.SUCCEEDED,
+    assert outcome.items is not None
+    assert [item.status for item in outcome.items.items()] == [BatchItemStatus.STARTED, BatchItemStatus.SUCCEEDED,
                                                         BatchItemStatus.STARTED]
 
 
@@ -91,7 +92,7 @@ def test_a_large_maps_board_keeps_statuses_not_items() -> None:
     done = bytearray(6)
     done[1], done[4] = 2, 3
     board = ItemBoard(6, {}, CompletionPolicy(CompletionConfig(tolerated_failure_count=1), 6), None, None, done=done)
-    assert board.items is None and (board.succeeded, board.failed) == (1, 1)
+    assert board.values is None and (board.succeeded, board.failed) == (1, 1)
     assert list(board.take(6)) == [0]
     board.start(range(1))
     board.start([2, 3, 5])
@@ -242,7 +243,8 @@ def test_a_pool_broken_under_submit_is_a_break_not_the_end_of_the_job(tmp_path: 
     executor = FakeExecutor()
     executor.broken_submits = 2
     outcome = _coordinator(tmp_path, executor, 10).run()
-    assert [item.result for item in outcome.items] == [i * 2 for i in range(10)]
+    assert outcome.items is not None
+    assert [item.result for item in outcome.items.items()] == [i * 2 for i in range(10)]
     assert executor.restarts == 2
 
 
@@ -261,7 +263,8 @@ def test_an_item_past_its_timeout_is_killed_when_the_clock_says_so(tmp_path: Pat
     assert executor.killed == [4242]
     coordinator._collect(0.1)
     outcome = coordinator.run()
-    (item,) = outcome.items
+    assert outcome.items is not None
+    (item,) = outcome.items.items()
     assert item.status == BatchItemStatus.FAILED
     assert item.error is not None and item.error.type == "durablemap.ItemTimeoutError"
     assert item.error.data == "the stack"
