@@ -96,17 +96,20 @@ class DurableContext:
     their code again.
     """
 
-    # Slots: a context is made for every item, and tiny items make a great many.
+    # Slots: a context is made for every item, and tiny items make a great many. So only three are
+    # set here: the others (_replaying, _replay_checked, _rerun, _logger) are set when first needed,
+    # and read with getattr and their default until then.
     __slots__ = ("_counter", "_logger", "_path", "_replay_checked", "_replaying", "_rerun", "_state")
+
+    _replaying: bool | None  # whether the next operation is recorded (None: not looked up yet)
+    _replay_checked: int  # the counter value is_replaying last looked ahead from
+    _rerun: bool  # an operation of this context ran again: later ones run again too
+    _logger: Any
 
     def __init__(self, state: ExecutionState, path: tuple[int, ...] = ()) -> None:
         self._state = state
         self._path = path
         self._counter = 0
-        self._replaying: bool | None = None
-        self._replay_checked = -1  # the counter value is_replaying last looked ahead from
-        self._rerun = False
-        self._logger: Any = None
 
     # -- public face ------------------------------------------------------------------------
     @property
@@ -128,20 +131,22 @@ class DurableContext:
         """True while this context is going again over code that an earlier run already ran: its
         next operation is recorded. Once an operation of this context runs (or the recorded ones
         run out), it is False for good."""
-        if self._replaying is False:
+        replaying = getattr(self, "_replaying", None)
+        if replaying is False:
             return False
-        if self._replay_checked != self._counter:
+        if getattr(self, "_replay_checked", -1) != self._counter:
             raw = self._state.store().get(op_key(self._state.execution_id, (*self._path, self._counter + 1)))
             self._replay_checked = self._counter
-            self._replaying = raw is not None
-        return bool(self._replaying)
+            self._replaying = replaying = raw is not None
+        return bool(replaying)
 
     @property
     def logger(self) -> Any:
         """A logger whose records carry this context's ids; silent while replaying."""
-        if self._logger is None:
-            self._logger = ContextLogger(self)
-        return self._logger
+        logger = getattr(self, "_logger", None)
+        if logger is None:
+            self._logger = logger = ContextLogger(self)
+        return logger
 
     def set_logger(self, logger: Any) -> None:
         """Replace this context's logger."""
@@ -180,7 +185,8 @@ class DurableContext:
     def child(self, path: tuple[int, ...]) -> DurableContext:
         """A context for the operation at ``path``, sharing this context's execution."""
         child = DurableContext(self._state, path)
-        child._rerun = self._rerun
+        if getattr(self, "_rerun", False):
+            child._rerun = True
         return child
 
     def next_path(self) -> tuple[int, ...]:
@@ -199,7 +205,7 @@ class DurableContext:
             return None
         record = decode_record(raw, path_str(path))
         check_identity(record, path, kind, sub_type, name)
-        if self._rerun:
+        if getattr(self, "_rerun", False):
             # An earlier operation of this context ran again: what this one recorded may depend
             # on it, so it runs afresh too.
             store.delete_prefix(key)

@@ -357,7 +357,7 @@ def _run_plain_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
     record in one call, or, given ``rows``, kept there (its record ``_IN_RUN``) to be packed with
     the chunk's others (see ``_runs``)."""
     records, values, errors = result.records, result.values, result.errors
-    state, func, inputs, base, limit = spec.state, spec.func, spec.inputs, spec.path, spec.worker_memory_limit
+    state, func, inputs, base, limit = spec.state, spec.func, spec.inputs, tuple(spec.path), spec.worker_memory_limit
     make_context, fingerprints = spec.context, spec.fingerprints
     build = item_records(spec.sub_type)
     plain, code = build.plain, compact_code(spec.sub_type)
@@ -378,7 +378,8 @@ def _run_plain_items(spec: MapSpec, indexes: Sequence[int], result: ChunkResult,
         fp = (item if type(item) is int and _INT64_MIN <= item <= _INT64_MAX else fingerprint(item)
               ) if fingerprints else None
         try:
-            value = func(make_context(state, (*base, index)), item, index, inputs)
+            # (Concatenation, not (*base, index): it costs half as much, once per item.)
+            value = func(make_context(state, base + (index,)), item, index, inputs)  # noqa: RUF005
             if keep is not None and type(value) in _SELF_DECODING:
                 keep((code, fp, value))
                 record, payload = _IN_RUN, b""
