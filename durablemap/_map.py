@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from durablemap import _stored
 from durablemap._batch import BatchItem, BatchItemStatus, BatchResult, CompletionReason
-from durablemap._board import FAILED, SUCCEEDED
+from durablemap._board import FAILED, RUNNING, SUCCEEDED
 from durablemap._clock import VirtualClock
 from durablemap._completion import CompletionPolicy
 from durablemap._context import check_identity, failed_again
@@ -383,8 +383,12 @@ def replay_batch(source: Any, path: tuple[int, ...], record: Record, serdes: Any
             and isinstance(succeeded, int) and isinstance(failed, int)):
         return _stored.stored_result(store, source.execution_id, path, item_serdes, inputs=inputs, reason=reason,
                                      started=started, succeeded=succeeded, failed=failed)
-    items: list[BatchItem[Any]] = []
     key, skip = op_key(source.execution_id, path), frozenset(started)
+    if isinstance(inputs, int):
+        columns = _stored.batch_columns(store, key, op_id, inputs, started, item_serdes, source.execution_id)
+        counts = (columns.codes.count(SUCCEEDED), columns.codes.count(FAILED), columns.codes.count(RUNNING))
+        return BatchResult.of_columns(columns, reason, counts)
+    items: list[BatchItem[Any]] = []  # a record of an older version, without the number of inputs
     with paused(promote=True):  # a million new records and items would otherwise set off full collections over them
         for indexes, records in _stored.record_batches(store, key, op_id, 0, inputs):
             items += _stored.batch_items(indexes, records, skip, item_serdes, op_id, source.execution_id)

@@ -30,7 +30,16 @@ from typing import Any, overload
 
 import msgpack
 
-from durablemap._batch import BatchItem, BatchItemStatus, BatchResult, CompletionReason
+from durablemap._batch import (
+    FAILED_CODE,
+    RUNNING_CODE,
+    SUCCEEDED_CODE,
+    BatchItem,
+    BatchItemStatus,
+    BatchResult,
+    CompletionReason,
+    ItemColumns,
+)
 from durablemap._errors import StoreError
 from durablemap._gc import paused
 from durablemap._records import all_compact, compact_values, item_outcome, op_key
@@ -38,7 +47,7 @@ from durablemap._store import Store, path_str
 from durablemap._store._interface import RecordStore
 from durablemap.serdes import new_unpacker
 
-__all__ = ["LAZY_MIN_ITEMS", "PAGE", "StoredItems", "record_batches", "stored_result"]
+__all__ = ["LAZY_MIN_ITEMS", "PAGE", "StoredItems", "batch_columns", "record_batches", "stored_result"]
 
 #: Items decoded at once: a replay or a resume holds one page of raw records and decoded fields.
 PAGE = 65536
@@ -111,6 +120,40 @@ def batch_items(indexes: list[int], records: list[list[Any]], started: frozenset
             if outcome is not None:
                 rows.append((index, *outcome))
     return BatchItem.from_rows(rows)
+
+
+def batch_columns(store: RecordStore, map_key: bytes, op_id: str, n: int, started: Sequence[int], item_serdes: Any,
+                  execution_id: str) -> ItemColumns:
+    """The items of the finished map ``map_key`` of ``n`` inputs as `ItemColumns`, from their records:
+    those at ``started`` are STARTED (whatever they recorded later), and records of unfinished items
+    are left out. A page of compact records in a row (SUCCEEDED, default serdes) is a slice each."""
+    values: list[Any] = [None] * n
+    codes = bytearray(n)
+    errors: dict[int, Any] = {}
+    skip = frozenset(started)
+    with paused(promote=True):  # a replay's values outlive it
+        for indexes, records in record_batches(store, map_key, op_id, 0, n):
+            first, last = indexes[0], indexes[-1]
+            if not skip and last - first + 1 == len(indexes) and all_compact(records):
+                values[first:last + 1] = compact_values(records)
+                codes[first:last + 1] = _SUCCEEDED_BYTE * len(indexes)
+                continue
+            for index, fields in zip(indexes, records, strict=True):
+                outcome = item_outcome(fields, item_serdes, index, op_id, execution_id) if index not in skip else None
+                if outcome is not None:
+                    status, values[index], error = outcome
+                    codes[index] = _CODE_OF[status]
+                    if error is not None:
+                        errors[index] = error
+    for index in skip:
+        if index < n:
+            codes[index], values[index] = RUNNING_CODE, None
+    return ItemColumns(values, bytes(codes), errors)
+
+
+_SUCCEEDED_BYTE = bytes([SUCCEEDED_CODE])
+_CODE_OF = {BatchItemStatus.SUCCEEDED: SUCCEEDED_CODE, BatchItemStatus.FAILED: FAILED_CODE,
+            BatchItemStatus.STARTED: RUNNING_CODE}
 
 
 class StoredItems(Sequence[BatchItem[Any]]):

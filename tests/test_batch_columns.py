@@ -1,6 +1,7 @@
 """A map's BatchResult builds its list of items only when ``all`` is first read: ``get_results()``
-and the counts come from the map's own columns of results and statuses. Whatever is read first, the
-result is the one its items say, through the public API."""
+and the counts come from the map's own columns of results and statuses (a first run's from its
+board, a replay's from its item records). Whatever is read first, the result is the one its items
+say, through the public API."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from durablemap import BatchResult, CompletionReason, DurableContext, durable_execution
+from durablemap import BatchResult, CompletionReason, DurableContext, _map, _stored, durable_execution
 from durablemap.config import CompletionConfig, MapConfig
 
 
@@ -123,6 +124,30 @@ def test_any_outcome_reads_the_same_whatever_is_read_first(tmp_path_factory: pyt
     check(seen)
     finished = [item for item in seen["all"] if item["status"] != "STARTED"]
     assert all((item["status"] == "FAILED") == (item["index"] in fail) for item in finished)
+
+
+REPLAYS = [
+    pytest.param({"n": 300, "fail": [], "none": [5]}, id="all-succeeded"),
+    pytest.param({"n": 60, "fail": [0, 7, 8, 59]}, id="failures"),
+    pytest.param({"n": 10, "fail": [1], "min": 3, "mc": 1}, id="completed-early"),
+    pytest.param({"n": 200, "fail": [3], "min": 1, "mc": 4, "tolerated": 5}, id="started-at-completion"),
+]
+
+
+@pytest.mark.parametrize("event", REPLAYS)
+@pytest.mark.parametrize("page", [None, 7], ids=["one-page", "pages-of-7"])
+def test_a_replay_from_the_item_records_reads_as_the_first_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               event: dict[str, Any], page: int | None) -> None:
+    # No map record holds its result: a replay rebuilds it from the item records (see _map.replay_batch).
+    monkeypatch.setattr(_map, "_SURELY_LARGE", 0)
+    run = {"store": tmp_path / "s", "execution_id": "r", "workers": 2}
+    first = views.run({**event, "order": ORDERS[1]}, **run)
+    if page is not None:
+        monkeypatch.setattr(_stored, "PAGE", page)
+    for order in ORDERS:
+        again = views.run({**event, "order": order}, **run)
+        check(again)
+        assert again == first
 
 
 def test_a_batch_result_cannot_be_changed() -> None:
