@@ -183,3 +183,30 @@ def test_drift_is_detected_when_inputs_travel_as_a_file(tmp_path: Path, monkeypa
     monkeypatch.setattr(_loky, "write_items", counted)
     test_changed_inputs_are_detected_on_resume(tmp_path)
     assert written and set(written) <= {6, 7}
+
+
+# -- a remote chunk's inputs: its own items, and the rest read from elsewhere ---------------------------
+@pytest.mark.parametrize("indexes", [range(10, 20), [19, 3, 10, 11]], ids=["run", "list"])
+def test_a_remote_chunk_reads_its_own_items_first_and_the_rest_elsewhere(indexes: Any) -> None:
+    from durablemap.executors._journal import ChunkInputs
+
+    everything = [f"item-{i}" for i in range(30)]
+    reads: list[int] = []
+
+    class Elsewhere(list):  # type: ignore[type-arg]
+        def __getitem__(self, index: Any) -> Any:
+            reads.append(index)
+            return super().__getitem__(index)
+
+    own = [f"own-{i}" for i in indexes]
+    inputs = ChunkInputs(Elsewhere(everything), indexes, own)
+    assert len(inputs) == 30
+    assert [inputs[i] for i in indexes] == own and not reads
+    assert inputs[-1] == inputs[29] == "item-29" and reads == [29, 29]
+    assert inputs[9:12] == ["item-9", *(inputs[10], inputs[11])]
+    with pytest.raises(IndexError, match="out of range"):
+        inputs[30]
+    with pytest.raises(TypeError):
+        inputs["1"]  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="came with 1 inputs"):
+        ChunkInputs(everything, indexes, own[:1])

@@ -3,10 +3,13 @@
     coordinator (this process, owns the LMDB store)             Dask workers (anywhere)
     ───────────────────────────────────────────────             ───────────────────────
     publish:  scatter MapSpec (broadcast, once per map) ──────> spec in worker memory
+              large inputs: their file of items published
+              on the scheduler (once), not in the spec
               read the records earlier runs left under
               unfinished items (their steps, waits...)
     submit:   one Dask task per chunk, with the prior    ──────> run_chunk on a Journal:
-              records of the chunk's items                       operations inside items read
+              records of the chunk's items (and their            operations inside items read
+              inputs, when the spec holds none)
                                                                  the prior records and write
     callback: commit the journal's writes (one LMDB     <──────  to the journal, not to a store
               transaction), then hand the ChunkResult           (ChunkResult, journal writes)
@@ -19,6 +22,12 @@ its chunk is back: when a worker dies or the coordinator is killed mid-chunk, th
 chunk run again from their last step committed earlier (never from a step that only reached the
 lost worker's memory). Workers never open the store, so the cluster needs no shared filesystem.
 
+A large input (what loky would write to a file of items, see ``_itemfile``) is not in the spec, so
+no worker holds all of it: each task carries the inputs of its chunk's items, and the map's file of
+items is published on the scheduler as a dataset, once (a worker's death loses nothing of it, where
+data scattered to that worker would be lost). A worker fetches the file only when one of its items
+reads an input other than its own (``PublishedInputs``), and keeps it for the map.
+
 A worker lost by Dask is retried by the scheduler itself (``distributed.scheduler.allowed-failures``
 times); when Dask gives up it raises ``KilledWorker``, which :meth:`DaskExecutor.is_broken` reports
 so the coordinator runs the chunk's items again and counts the crash.
@@ -26,31 +35,65 @@ so the coordinator runs the chunk's items again and counts the crash.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import threading
 from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import distributed
 from distributed import Client, KilledWorker
 
 from durablemap._errors import ValidationError
 from durablemap._faults import Death
 from durablemap._slots import SlotState
 from durablemap.executors._base import ChunkResult, MapSpec
+from durablemap.executors._itemfile import ItemBuffer, ItemFile, UnpicklableItem
 from durablemap.executors._journal import RemoteMap, remote_payload, run_remote_chunk
+from durablemap.executors._loky import describe_unpicklable, shipped_inputs
 
-__all__ = ["DaskExecutor"]
+__all__ = ["DaskExecutor", "PublishedInputs"]
 
 _SCATTER_ATTEMPTS = 5  # scatters cut short by a worker leaving meanwhile, before giving up
 _WORKERS_TIMEOUT = 300.0  # seconds to wait for a running worker (nannies restart dead ones)
+
+
+class PublishedInputs(Sequence[Any]):
+    """A large map's inputs on a Dask worker, for the items that read inputs other than their own
+    (a chunk's own come with its task, see ``_journal.ChunkInputs``): the map's file of items,
+    published on the scheduler as the dataset ``key`` (see the module docstring), fetched whole the
+    first time an item on this worker reads such an input, and kept for the map."""
+
+    def __init__(self, key: str, length: int) -> None:
+        self.key, self._len = key, length
+        self._items: ItemBuffer | None = None
+        self._lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PublishedInputs, (self.key, self._len))
+
+    def __repr__(self) -> str:
+        return f"PublishedInputs({self.key!r}, {self._len} items)"
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index: Any) -> Any:
+        with self._lock:
+            if self._items is None:
+                self._items = ItemBuffer(distributed.get_client().get_dataset(self.key), self._len)
+        return self._items[index]
+
 
 @dataclass(eq=False)  # hashed by identity: the executor keeps a set of them
 class _Published:
     remote_map: RemoteMap
     remote: Any  # the scattered spec's Dask future
     payload: bytes = b""  # the pickled spec, to scatter again if every copy on the cluster is lost
+    inputs: str | None = None  # the dataset name of the file of items of large inputs, else None
 
 
 class DaskExecutor:
@@ -97,24 +140,34 @@ class DaskExecutor:
         self.close()
 
     def publish(self, spec: MapSpec) -> Any:
-        """Ship the spec to every worker once; unpicklable parts raise ValidationError."""
-        payload = remote_payload(spec)
+        """Ship the spec to every worker once, and large inputs to the cluster once (see the module
+        docstring); unpicklable parts raise ValidationError."""
+        data = _items_file(spec)
+        shipped = spec.inputs if data is None else PublishedInputs(_inputs_key(spec), len(spec.inputs))
+        payload = remote_payload(spec if data is None else replace(spec, inputs=shipped))
         self.workers = self._count_threads()
         remote_map = RemoteMap(spec)
-        ref = _Published(remote_map, self._scatter(payload), payload)
+        if data is not None:
+            self.client.publish_dataset(**{_inputs_key(spec): data}, override=True)
+        ref = _Published(remote_map, self._scatter(payload), payload, None if data is None else _inputs_key(spec))
         self._published.add(ref)
         return ref
 
     def unpublish(self, ref: Any) -> None:
-        """Let Dask forget the spec."""
+        """Let Dask forget the spec (and the inputs)."""
         self._published.discard(ref)
         ref.remote.release()
+        if ref.inputs is not None:
+            with contextlib.suppress(KeyError):
+                self.client.unpublish_dataset(ref.inputs)
 
     def submit(self, ref: Any, indexes: Sequence[int], concurrency: int = 1) -> Future[ChunkResult]:
         """Run the chunk as one Dask task; its future settles once its journal is committed."""
         remote_map = ref.remote_map
-        remote = self.client.submit(run_remote_chunk, remote_map.spec.token, ref.remote, list(indexes),
-                                    remote_map.prior_of(indexes), concurrency, pure=False)
+        items = None if ref.inputs is None else remote_map.items_of(indexes)
+        remote = self.client.submit(run_remote_chunk, remote_map.spec.token, ref.remote,
+                                    indexes if type(indexes) is range else list(indexes),
+                                    remote_map.prior_of(indexes), concurrency, items, pure=False)
         future: Future[ChunkResult] = Future()
         with self._lock:
             self._outstanding.add(remote)
@@ -201,3 +254,22 @@ class DaskExecutor:
         if cluster is None or type(cluster).__name__ != "LocalCluster":
             return []
         return sorted(self.client.run(os.getpid).values())
+
+
+def _inputs_key(spec: MapSpec) -> str:
+    return f"durablemap-inputs-{spec.token}"
+
+
+def _items_file(spec: MapSpec) -> bytes | None:
+    """The file of items of ``spec``'s inputs, when they are too large to travel in the spec (those
+    loky writes to a file), else None; an input that cannot be pickled raises ValidationError."""
+    with tempfile.TemporaryDirectory(prefix="durablemap-dask-") as directory:
+        path = os.path.join(directory, "inputs.bin")
+        try:
+            shipped = shipped_inputs(spec.inputs, path)
+        except UnpicklableItem as exc:
+            raise ValidationError(describe_unpicklable(spec, exc.cause, exc)) from None
+        if not isinstance(shipped, ItemFile):
+            return None
+        with open(path, "rb") as fh:
+            return fh.read()

@@ -41,7 +41,7 @@ from typing import Any, Protocol, overload
 
 import cloudpickle
 
-__all__ = ["ItemFile", "UnpicklableItem", "inert_pickle", "isolate", "mark_decoding", "write_items"]
+__all__ = ["ItemBuffer", "ItemFile", "UnpicklableItem", "inert_pickle", "isolate", "mark_decoding", "write_items"]
 
 _MAGIC = b"DMITEMS2"
 _HEADER = struct.Struct("<8sQQQ")  # magic, items, blocks, where the index (starts, offsets, sizes) begins
@@ -285,7 +285,7 @@ class ItemFile(Sequence[Any]):
     def _read_block(self, i: int) -> tuple[int, Sequence[Any]]:
         fd, starts, offsets, sizes = self._index or self._open()
         b = bisect.bisect_right(starts, i) - 1
-        data = os.pread(fd, sizes[b], offsets[b])
+        data = self._read(fd, sizes[b], offsets[b])
         if data[:1] == _EACH:
             return starts[b], _Pickles(data)
         marker = _marker
@@ -298,17 +298,47 @@ class ItemFile(Sequence[Any]):
             finally:
                 marker[_marker_word] = -1
 
+    def _read(self, fd: int, size: int, offset: int) -> bytes:
+        """``size`` bytes of the file from ``offset``."""
+        return os.pread(fd, size, offset)
+
+    def _opened(self) -> int:
+        """A descriptor of the file, closed with this sequence."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        weakref.finalize(self, os.close, fd)
+        return fd
+
     def _open(self) -> tuple[int, array[int], array[int], array[int]]:
         with self._open_lock:
             if self._index is None:
-                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-                weakref.finalize(self, os.close, fd)
-                magic, n, blocks, index_at = _HEADER.unpack(os.pread(fd, _HEADER.size, 0))
+                fd = self._opened()
+                magic, n, blocks, index_at = _HEADER.unpack(self._read(fd, _HEADER.size, 0))
                 if magic != _MAGIC or n != self._len:
                     raise RuntimeError(f"{self.path} is not the inputs file of this map (damaged or replaced)")
-                columns = os.pread(fd, 24 * blocks, index_at)
+                columns = self._read(fd, 24 * blocks, index_at)
                 starts, offsets, sizes = array("Q"), array("Q"), array("Q")
                 for k, column in enumerate((starts, offsets, sizes)):
                     column.frombytes(columns[8 * blocks * k:8 * blocks * (k + 1)])
                 self._index = (fd, starts, offsets, sizes)
             return self._index
+
+
+class ItemBuffer(ItemFile):
+    """The sequence of the items of a file written by :func:`write_items`, read from a copy of the
+    file held in memory (a remote worker's, see ``executors._dask``). It pickles as the buffer."""
+
+    def __init__(self, data: bytes, length: int) -> None:
+        super().__init__("<in memory>", length)
+        self._data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ItemBuffer, (self._data, self._len))
+
+    def __repr__(self) -> str:
+        return f"ItemBuffer({len(self._data):,} bytes, {self._len} items)"
+
+    def _opened(self) -> int:
+        return -1
+
+    def _read(self, fd: int, size: int, offset: int) -> bytes:
+        return self._data[offset:offset + size]

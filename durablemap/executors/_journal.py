@@ -14,16 +14,22 @@
 An executor for another cluster is then a thin adapter: ship ``remote_payload(spec)`` once, run
 ``run_remote_chunk`` as a task per chunk with ``RemoteMap.prior_of(indexes)``, and call
 ``RemoteMap.commit`` with what the task returns before settling the chunk's future.
+
+Large inputs do not travel in the spec (every worker would hold them all): a task then carries its
+chunk's own items (``RemoteMap.items_of``), and the spec a sequence of the whole input for items
+that read others (the Dask executor's fetches it from the cluster on the first such read); the
+chunk's items see both as one read-only sequence (``ChunkInputs``).
 """
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
-from dataclasses import fields
-from typing import cast
+from dataclasses import fields, replace
+from typing import Any, cast, overload
 
 import cloudpickle
 
@@ -37,7 +43,7 @@ from durablemap._worker import run_chunk
 from durablemap.executors._base import ChunkResult, MapSpec
 from durablemap.executors._loky import describe_unpicklable
 
-__all__ = ["Journal", "Op", "RemoteMap", "RemoteState", "remote_payload", "run_remote_chunk"]
+__all__ = ["ChunkInputs", "Journal", "Op", "RemoteMap", "RemoteState", "remote_payload", "run_remote_chunk"]
 
 #: Journal operations: ("put", key, value) or ("delete", prefix, b"").
 Op = tuple[str, bytes, bytes]
@@ -100,14 +106,19 @@ def remote_payload(spec: MapSpec) -> bytes:
 
 
 def run_remote_chunk(token: int, payload: bytes, indexes: Sequence[int],
-                     prior: list[tuple[bytes, bytes]], concurrency: int = 1) -> tuple[ChunkResult, list[Op]]:
+                     prior: list[tuple[bytes, bytes]], concurrency: int = 1,
+                     items: list[Any] | None = None) -> tuple[ChunkResult, list[Op]]:
     """The remote task: run a chunk of items (up to ``concurrency`` at once) against a journal
     seeded with ``prior`` records; return the items' results and the journal's writes. ``payload``
-    is :func:`remote_payload`, unpickled once per worker process."""
+    is :func:`remote_payload`, unpickled once per worker process. ``items``: the inputs of the
+    chunk's items, when the spec does not hold the inputs (see ``ChunkInputs``)."""
     journal = Journal(prior)
     reset = _JOURNAL.set(journal)
     try:
-        result = run_chunk(_load_spec(token, payload), indexes, concurrency)
+        spec = _load_spec(token, payload)
+        if items is not None:
+            spec = replace(spec, inputs=ChunkInputs(spec.inputs, indexes, items))
+        result = run_chunk(spec, indexes, concurrency)
     finally:
         _JOURNAL.reset(reset)
     return result, journal.ops
@@ -130,6 +141,48 @@ def _load_spec(token: int, payload: bytes) -> MapSpec:
         return spec
 
 
+class ChunkInputs(Sequence[Any]):
+    """The inputs as a remote chunk's items see them: a read-only sequence of every input, whose
+    items of the chunk (``items``, in the order of ``indexes``) came with the chunk's task, and
+    whose others are read from ``rest`` (the whole input as the worker has it: see the module
+    docstring). Negative indexes count from the end; a slice gives a list."""
+
+    __slots__ = ("_by_index", "_first", "_items", "_rest")
+
+    def __init__(self, rest: Sequence[Any], indexes: Sequence[int], items: list[Any]) -> None:
+        self._rest, self._items = rest, items
+        if len(indexes) != len(items):
+            raise ValueError(f"a chunk of {len(indexes)} items came with {len(items)} inputs")
+        run = isinstance(indexes, range) and indexes.step == 1
+        self._first = indexes.start if isinstance(indexes, range) and run else 0
+        self._by_index = None if run else dict(zip(indexes, items, strict=True))
+
+    def __len__(self) -> int:
+        return len(self._rest)
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = operator.index(index)
+        n = len(self._rest)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"inputs index {index} out of range (the map has {n} inputs)")
+        if self._by_index is None:
+            if 0 <= i - self._first < len(self._items):
+                return self._items[i - self._first]
+        elif i in self._by_index:
+            return self._by_index[i]
+        return self._rest[i]
+
+
 class RemoteMap:
     """The coordinator's side of one map run remotely: the records under its unfinished items (sent
     with their chunks) and the commit of what chunks send back."""
@@ -146,6 +199,13 @@ class RemoteMap:
     def prior_of(self, indexes: Sequence[int]) -> list[tuple[bytes, bytes]]:
         """The records to seed the journal of a chunk of ``indexes`` with."""
         return [pair for index in indexes for pair in self.prior.get(index, {}).items()]
+
+    def items_of(self, indexes: Sequence[int]) -> list[Any]:
+        """The inputs of a chunk's items, to travel with its task (see ``ChunkInputs``)."""
+        inputs = self.spec.inputs
+        if type(indexes) is range and indexes.step == 1 and isinstance(inputs, list | tuple):
+            return list(inputs[indexes.start:indexes.stop])
+        return [inputs[i] for i in indexes]
 
     def commit(self, ops: list[Op], result: ChunkResult) -> None:
         """Apply a chunk's journal to the store; keep what it wrote under items that did not finish

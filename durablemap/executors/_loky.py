@@ -26,7 +26,7 @@ from durablemap.executors._base import ChunkResult, MapSpec
 from durablemap.executors._itemfile import UnpicklableItem, inert_pickle, isolate, write_items
 from durablemap.executors._leftovers import quiet_resource_tracker, sweep_dead_jobs
 
-__all__ = ["LokyExecutor", "default_workers", "describe_unpicklable"]
+__all__ = ["LokyExecutor", "default_workers", "describe_unpicklable", "shipped_inputs"]
 
 _IDLE_TIMEOUT = 60.0
 # Inputs shipped inside the spec (every worker unpickles them whole) only when they are this small;
@@ -84,7 +84,7 @@ class LokyExecutor:
         each worker reads only as its items need them; unpicklable parts raise ValidationError."""
         inputs_path = os.path.join(self.slots.directory, f"inputs-{spec.token}.bin")
         try:
-            shipped = _shipped_inputs(spec.inputs, inputs_path)
+            shipped = shipped_inputs(spec.inputs, inputs_path)
             if shipped is not spec.inputs:
                 self._written[spec.token] = spec.inputs  # to rewrite a block of it (see deaths)
             data = cloudpickle.dumps(replace(spec, inputs=shipped))
@@ -177,7 +177,7 @@ class LokyExecutor:
         return self.slots.live_pids()
 
 
-def _shipped_inputs(inputs: Sequence[Any], path: str) -> Sequence[Any]:
+def shipped_inputs(inputs: Sequence[Any], path: str) -> Sequence[Any]:
     """The inputs as the workers get them: as they are when they pickle small (a range, a lazy
     sequence that pickles as a path, a short list), else written to an item file at ``path``. A
     list or tuple ships as it is only if unpickling it runs no code (see ``_itemfile.inert_pickle``):
