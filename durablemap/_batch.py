@@ -12,7 +12,7 @@ from dataclasses import FrozenInstanceError
 from functools import partial
 from itertools import compress, repeat
 from operator import countOf, itemgetter
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from durablemap._errors import BatchCompletionError, ChildContextError, CompletionReason, ErrorObject, _SdkStrEnum
 from durablemap._gc import paused
@@ -162,8 +162,8 @@ class ItemColumns:
         if codes.count(SUCCEEDED_CODE) == n:
             return BatchItem.from_rows(zip(range(n), repeat(_SUCCEEDED), values, repeat(None)))
         errors = self.errors
-        return BatchItem.from_rows((index, _STATUS_OF_CODE[code], values[index], errors.get(index))
-                                   for index, code in enumerate(codes) if code)
+        return BatchItem.from_rows((index, cast("BatchItemStatus", STATUS_OF_CODE[code]), values[index],
+                                    errors.get(index)) for index, code in enumerate(codes) if code)
 
     def results(self) -> list[Any]:
         """The results of the SUCCEEDED items in index order: a new list."""
@@ -175,8 +175,8 @@ class ItemColumns:
 
 #: The codes of `ItemColumns.codes`, a byte per index: the item board's (see _board).
 NEW_CODE, RUNNING_CODE, SUCCEEDED_CODE, FAILED_CODE = 0, 1, 2, 3
-#: The status of each code but NEW_CODE (whose items are left out): RUNNING_CODE is STARTED.
-_STATUS_OF_CODE: tuple[BatchItemStatus, ...] = (_STARTED, _STARTED, _SUCCEEDED, _FAILED)
+#: The status of each code: None for NEW_CODE (an item not started), STARTED for RUNNING_CODE.
+STATUS_OF_CODE: tuple[BatchItemStatus | None, ...] = (None, _STARTED, _SUCCEEDED, _FAILED)
 
 
 class BatchResult(Generic[R]):

@@ -20,6 +20,7 @@ from durablemap._batch import (
     FAILED_CODE,
     NEW_CODE,
     RUNNING_CODE,
+    STATUS_OF_CODE,
     SUCCEEDED_CODE,
     BatchItem,
     BatchItemStatus,
@@ -38,7 +39,6 @@ _RUNNING_BYTE = re.compile(rb"\x01")
 _RUN_LENGTH = 16384  # the longest run of codes sliced at once (the largest chunk)
 _SUCCEEDED_RUN = bytes([SUCCEEDED]) * _RUN_LENGTH
 _RUNNING_RUN = bytes([RUNNING]) * _RUN_LENGTH
-_STATUS_OF_CODE = (None, BatchItemStatus.STARTED, BatchItemStatus.SUCCEEDED, BatchItemStatus.FAILED)
 _SUCCEEDED_STATUS = BatchItemStatus.SUCCEEDED
 
 
@@ -106,7 +106,7 @@ class ItemBoard:
 
     def _statuses(self) -> list[tuple[int, str | None, BatchItemStatus | None]]:
         names = self.names
-        return [(index, names[index] if names is not None else None, _STATUS_OF_CODE[code])
+        return [(index, names[index] if names is not None else None, STATUS_OF_CODE[code])
                 for index, code in enumerate(self.codes)]
 
     # -- dispatch -----------------------------------------------------------------------------

@@ -31,8 +31,8 @@ from typing import Any, overload
 import msgpack
 
 from durablemap._batch import (
-    FAILED_CODE,
     RUNNING_CODE,
+    STATUS_OF_CODE,
     SUCCEEDED_CODE,
     BatchItem,
     BatchItemStatus,
@@ -152,8 +152,7 @@ def batch_columns(store: RecordStore, map_key: bytes, op_id: str, n: int, starte
 
 
 _SUCCEEDED_BYTE = bytes([SUCCEEDED_CODE])
-_CODE_OF = {BatchItemStatus.SUCCEEDED: SUCCEEDED_CODE, BatchItemStatus.FAILED: FAILED_CODE,
-            BatchItemStatus.STARTED: RUNNING_CODE}
+_CODE_OF = {status: code for code, status in enumerate(STATUS_OF_CODE) if status is not None}
 
 
 class StoredItems(Sequence[BatchItem[Any]]):
